@@ -1,0 +1,103 @@
+use crate::bus::{LogError, SledLog};
+use crate::command::{handle, Command, CommandError};
+use crate::event::Envelope;
+use crate::state::State;
+use actix::prelude::*;
+use chrono::Utc;
+use std::sync::Arc;
+
+/// Runs a command: validate, append, apply, wait until durable. Replies with the envelopes.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Envelope>, WriteError>")]
+pub struct Execute(pub Command);
+
+/// Drains the rate-limit buckets' unflushed counts into `usage_recorded` events. Replies
+/// with how many events were written.
+#[derive(Message)]
+#[rtype(result = "Result<usize, WriteError>")]
+pub struct FlushUsage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Rejected(#[from] CommandError),
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+impl From<LogError> for WriteError {
+    fn from(e: LogError) -> Self {
+        WriteError::Storage(e.to_string())
+    }
+}
+
+/// The one writer of a node.
+///
+/// Validation, sequence assignment, the sled insert and `apply` happen synchronously inside
+/// the handler, so the next command is validated against state that already includes this
+/// one's events. Only the wait for durability is asynchronous, which lets concurrent commands
+/// share one flush (group commit). A reply is sent only once its events are durable; a crash
+/// can lose only commands that were never acknowledged.
+pub struct Writer {
+    state: Arc<State>,
+    log: Arc<SledLog>,
+    node_id: String,
+}
+
+impl Writer {
+    pub fn new(state: Arc<State>, log: Arc<SledLog>, node_id: String) -> Self {
+        Writer {
+            state,
+            log,
+            node_id,
+        }
+    }
+
+    fn commit(&self, cmd: Command) -> ResponseFuture<Result<Vec<Envelope>, WriteError>> {
+        let now = Utc::now();
+        let outcome = handle(&self.state, cmd, now)
+            .map_err(WriteError::from)
+            .and_then(|events| {
+                if events.is_empty() {
+                    return Ok(vec![]);
+                }
+                let envs = self.log.append(events, &self.node_id, now)?;
+                for env in &envs {
+                    self.state
+                        .apply(env)
+                        .map_err(|e| WriteError::Storage(e.to_string()))?;
+                }
+                Ok(envs)
+            });
+        let log = self.log.clone();
+        Box::pin(async move {
+            let envs = outcome?;
+            if let Some(last) = envs.last() {
+                log.wait_durable(last.seq).await?;
+            }
+            Ok(envs)
+        })
+    }
+}
+
+impl Actor for Writer {
+    type Context = Context<Self>;
+}
+
+impl Handler<Execute> for Writer {
+    type Result = ResponseFuture<Result<Vec<Envelope>, WriteError>>;
+
+    fn handle(&mut self, msg: Execute, _: &mut Self::Context) -> Self::Result {
+        self.commit(msg.0)
+    }
+}
+
+impl Handler<FlushUsage> for Writer {
+    type Result = ResponseFuture<Result<usize, WriteError>>;
+
+    fn handle(&mut self, _: FlushUsage, _: &mut Self::Context) -> Self::Result {
+        let usage = self.state.rate_limits.drain();
+        let fut = self.commit(Command::RecordUsage(usage));
+        Box::pin(async move { Ok(fut.await?.len()) })
+    }
+}

@@ -1,0 +1,207 @@
+//! Flow 2's rules: `handle(state, command) -> Result<Vec<Event>>`. Every rule of the service
+//! lives here and nowhere else; a rejected command produces no event. `handle` is pure: ids,
+//! hashes and the clock come in with the command, so tests can replay it exactly.
+
+use crate::domain::{Email, Subscription, Tier, TokenHash, TokenId, TokenName, UserId, UserName};
+use crate::event::{
+    Event, LoginFailed, LoginSucceeded, RevokeReason, SessionEnded, SubscriptionChanged,
+    TokenIssued, TokenRevoked, UsageRecorded, UserRegistered,
+};
+use crate::state::State;
+use chrono::{DateTime, Utc};
+
+/// A request to change state.
+#[derive(Debug, Clone)]
+pub enum Command {
+    RegisterUser {
+        email: Email,
+        name: UserName,
+        /// argon2id PHC string, computed before the command reaches the writer (hashing is
+        /// slow and must not hold up the single writer).
+        password_hash: String,
+        tier: Tier,
+    },
+    ChangeSubscription {
+        user_id: UserId,
+        subscription: Subscription,
+    },
+    IssueToken {
+        user_id: UserId,
+        token_id: TokenId,
+        name: TokenName,
+        hash: TokenHash,
+        hint: String,
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// `owner: Some(u)` when a user acts on their own tokens: another user's token is then
+    /// "not found", exactly as if it did not exist.
+    RevokeToken {
+        token_id: TokenId,
+        owner: Option<UserId>,
+    },
+    /// Revokes `old` and issues a replacement with the same name and lifetime, atomically.
+    RegenerateToken {
+        old: TokenId,
+        owner: Option<UserId>,
+        token_id: TokenId,
+        hash: TokenHash,
+        hint: String,
+    },
+    RecordUsage(Vec<UsageRecorded>),
+    RecordLogin {
+        user_id: UserId,
+        session: TokenHash,
+        expires_at: DateTime<Utc>,
+        client_ip: Option<String>,
+    },
+    RecordLoginFailure {
+        email: String,
+        client_ip: Option<String>,
+    },
+    EndSession {
+        session: TokenHash,
+    },
+}
+
+/// Why a command was rejected. Each maps to one row of the error table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("a user with this email already exists")]
+    EmailTaken,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("token not found")]
+    TokenNotFound,
+    #[error("token is already revoked")]
+    AlreadyRevoked,
+}
+
+/// Validates `cmd` against `state` at `now` and returns the events it produces.
+pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Event>, CommandError> {
+    match cmd {
+        Command::RegisterUser {
+            email,
+            name,
+            password_hash,
+            tier,
+        } => {
+            if state.email_taken(email.as_str()) {
+                return Err(CommandError::EmailTaken);
+            }
+            Ok(vec![Event::UserRegistered(UserRegistered {
+                user_id: state.next_user_id(),
+                email: email.as_str().to_owned(),
+                name: name.as_str().to_owned(),
+                password_hash,
+                tier,
+            })])
+        }
+        Command::ChangeSubscription {
+            user_id,
+            subscription,
+        } => {
+            state.user(user_id).ok_or(CommandError::UserNotFound)?;
+            Ok(vec![Event::SubscriptionChanged(SubscriptionChanged {
+                user_id,
+                tier: subscription.tier,
+                status: subscription.status,
+                expires_at: subscription.expires_at,
+            })])
+        }
+        Command::IssueToken {
+            user_id,
+            token_id,
+            name,
+            hash,
+            hint,
+            expires_at,
+        } => {
+            state.user(user_id).ok_or(CommandError::UserNotFound)?;
+            Ok(vec![Event::TokenIssued(TokenIssued {
+                token_id,
+                user_id,
+                name: name.as_str().to_owned(),
+                token_sha256: hash,
+                hint,
+                expires_at,
+            })])
+        }
+        Command::RevokeToken { token_id, owner } => {
+            let rec = owned_token(state, token_id, owner)?;
+            Ok(vec![Event::TokenRevoked(TokenRevoked {
+                token_id,
+                user_id: rec.user_id,
+                reason: RevokeReason::Revoked,
+            })])
+        }
+        Command::RegenerateToken {
+            old,
+            owner,
+            token_id,
+            hash,
+            hint,
+        } => {
+            let rec = owned_token(state, old, owner)?;
+            let lifetime = rec.expires_at.map(|e| e - rec.created_at);
+            Ok(vec![
+                Event::TokenRevoked(TokenRevoked {
+                    token_id: old,
+                    user_id: rec.user_id,
+                    reason: RevokeReason::Regenerated,
+                }),
+                Event::TokenIssued(TokenIssued {
+                    token_id,
+                    user_id: rec.user_id,
+                    name: rec.name,
+                    token_sha256: hash,
+                    hint,
+                    expires_at: lifetime.map(|l| now + l),
+                }),
+            ])
+        }
+        Command::RecordUsage(usage) => Ok(usage.into_iter().map(Event::UsageRecorded).collect()),
+        Command::RecordLogin {
+            user_id,
+            session,
+            expires_at,
+            client_ip,
+        } => {
+            state.user(user_id).ok_or(CommandError::UserNotFound)?;
+            Ok(vec![Event::LoginSucceeded(LoginSucceeded {
+                user_id,
+                session_sha256: session,
+                expires_at,
+                client_ip,
+            })])
+        }
+        Command::RecordLoginFailure { email, client_ip } => {
+            Ok(vec![Event::LoginFailed(LoginFailed { email, client_ip })])
+        }
+        Command::EndSession { session } => {
+            // Ending an unknown or expired session changes nothing and is not an error: logout
+            // is idempotent.
+            let Some(s) = state.sessions.pin().get(&session).copied() else {
+                return Ok(vec![]);
+            };
+            Ok(vec![Event::SessionEnded(SessionEnded {
+                user_id: s.user_id,
+                session_sha256: session,
+            })])
+        }
+    }
+}
+
+fn owned_token(
+    state: &State,
+    id: TokenId,
+    owner: Option<UserId>,
+) -> Result<crate::state::TokenRecord, CommandError> {
+    let rec = state.token(id).ok_or(CommandError::TokenNotFound)?;
+    if owner.is_some_and(|o| o != rec.user_id) {
+        return Err(CommandError::TokenNotFound);
+    }
+    if rec.revoked_at.is_some() {
+        return Err(CommandError::AlreadyRevoked);
+    }
+    Ok(rec)
+}

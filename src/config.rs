@@ -1,0 +1,372 @@
+//! Typed settings, layered: built-in defaults ← `config.toml` ← `SNAPTRACK_*` environment ←
+//! command-line flags. Every key of the file is optional; a file that sets only
+//! `[tiers.pro]` keeps the defaults for everything else.
+
+use crate::domain::Tier;
+use crate::state::TierTable;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Settings problems: each becomes a one-line error and exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("invalid config file {path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// One plan's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierSettings {
+    pub api_access: bool,
+    pub requests: u32,
+    pub window_secs: u32,
+}
+
+/// Failed-authentication throttling per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    /// Failed API-token checks allowed per address per `auth_window_secs`.
+    pub auth_failures: u32,
+    pub auth_window_secs: u32,
+    /// Failed dashboard logins allowed per address per `login_window_secs`.
+    pub login_failures: u32,
+    pub login_window_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub data: PathBuf,
+    pub nats: Option<String>,
+    pub node_id: String,
+    /// Bearer token of the admin API; `None` hides the admin API (404).
+    pub admin_token: Option<String>,
+    pub tiers: [TierSettings; 4],
+    pub throttle: Throttle,
+    pub usage_flush: Duration,
+    pub session_ttl: Duration,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    pub tls: Option<TlsSettings>,
+    pub demo: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let paid = |requests| TierSettings {
+            api_access: true,
+            requests,
+            window_secs: 60,
+        };
+        Settings {
+            listen: "127.0.0.1:8080".into(),
+            data: PathBuf::from("./data"),
+            nats: None,
+            node_id: "n1".into(),
+            admin_token: None,
+            tiers: [
+                TierSettings {
+                    api_access: false,
+                    requests: 0,
+                    window_secs: 60,
+                },
+                paid(10),
+                paid(20),
+                paid(100),
+            ],
+            throttle: Throttle {
+                auth_failures: 60,
+                auth_window_secs: 60,
+                login_failures: 10,
+                login_window_secs: 600,
+            },
+            usage_flush: Duration::from_millis(250),
+            session_ttl: Duration::from_secs(12 * 3600),
+            max_body_bytes: 16 * 1024,
+            tls: None,
+            demo: false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data: Option<PathBuf>,
+    nats: Option<String>,
+    node_id: Option<String>,
+    usage_flush_ms: Option<u64>,
+    session_ttl_secs: Option<u64>,
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    tiers: FileTiers,
+    #[serde(default)]
+    throttle: FileThrottle,
+    tls: Option<FileTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTiers {
+    free: Option<FileTier>,
+    starter: Option<FileTier>,
+    pro: Option<FileTier>,
+    business: Option<FileTier>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTier {
+    api_access: Option<bool>,
+    requests: Option<u32>,
+    window_secs: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileThrottle {
+    auth_failures: Option<u32>,
+    auth_window_secs: Option<u32>,
+    login_failures: Option<u32>,
+    login_window_secs: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// What the command line may override.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub nats: Option<String>,
+    pub node_id: Option<String>,
+    pub demo: bool,
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+impl Settings {
+    /// Loads settings: defaults, then the file (`--config`, or `./config.toml` when it
+    /// exists), then the environment, then the flags.
+    pub fn load(o: &Overrides) -> Result<Settings, ConfigError> {
+        Self::load_with_env(o, |k| std::env::var(k).ok())
+    }
+
+    /// As [`Settings::load`], reading the environment through `env` (tests pass their own).
+    pub fn load_with_env(
+        o: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut s = Settings::default();
+        let (path, required) = match &o.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("./config.toml"), false),
+        };
+        if required || path.exists() {
+            s.apply_file(&path)?;
+        }
+        set(&mut s.listen, env("SNAPTRACK_AUTH_LISTEN"));
+        set(&mut s.data, env("SNAPTRACK_AUTH_DATA").map(PathBuf::from));
+        if let Some(url) = env("SNAPTRACK_AUTH_NATS_URL") {
+            s.nats = Some(url);
+        }
+        set(&mut s.node_id, env("SNAPTRACK_AUTH_NODE_ID"));
+        s.admin_token = env("SNAPTRACK_ADMIN_TOKEN").filter(|t| !t.is_empty());
+        set(&mut s.listen, o.listen.clone());
+        set(&mut s.data, o.data.clone());
+        if o.nats.is_some() {
+            s.nats = o.nats.clone();
+        }
+        set(&mut s.node_id, o.node_id.clone());
+        s.demo = o.demo;
+        s.check()?;
+        Ok(s)
+    }
+
+    fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let f: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: e.message().to_owned(),
+        })?;
+        set(&mut self.listen, f.listen);
+        set(&mut self.data, f.data);
+        if f.nats.is_some() {
+            self.nats = f.nats;
+        }
+        set(&mut self.node_id, f.node_id);
+        set(
+            &mut self.usage_flush,
+            f.usage_flush_ms.map(Duration::from_millis),
+        );
+        set(
+            &mut self.session_ttl,
+            f.session_ttl_secs.map(Duration::from_secs),
+        );
+        set(&mut self.max_body_bytes, f.max_body_bytes);
+        let tiers = [f.tiers.free, f.tiers.starter, f.tiers.pro, f.tiers.business];
+        for (slot, t) in self.tiers.iter_mut().zip(tiers) {
+            if let Some(t) = t {
+                set(&mut slot.api_access, t.api_access);
+                set(&mut slot.requests, t.requests);
+                set(&mut slot.window_secs, t.window_secs);
+            }
+        }
+        let th = f.throttle;
+        set(&mut self.throttle.auth_failures, th.auth_failures);
+        set(&mut self.throttle.auth_window_secs, th.auth_window_secs);
+        set(&mut self.throttle.login_failures, th.login_failures);
+        set(&mut self.throttle.login_window_secs, th.login_window_secs);
+        if let Some(tls) = f.tls {
+            // Relative paths are relative to the config file, as users expect.
+            let base = path.parent().unwrap_or(Path::new("."));
+            self.tls = Some(TlsSettings {
+                cert: base.join(tls.cert),
+                key: base.join(tls.key),
+            });
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: reason.into(),
+            })
+        };
+        for tier in Tier::ALL {
+            let t = self.tiers[tier.index()];
+            if t.api_access && (t.requests == 0 || t.window_secs == 0) {
+                return bad(
+                    &format!("tiers.{}", tier.as_str()),
+                    "requests and window_secs must be positive",
+                );
+            }
+        }
+        if self.throttle.auth_window_secs == 0 || self.throttle.login_window_secs == 0 {
+            return bad("throttle", "windows must be positive");
+        }
+        if self.usage_flush.is_zero() {
+            return bad("usage_flush_ms", "must be positive");
+        }
+        if self.node_id.is_empty()
+            || !self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad("node_id", "must be letters, digits, '-' or '_'");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("max_body_bytes", "must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// The per-tier limits the verify path reads.
+    pub fn tier_table(&self) -> TierTable {
+        TierTable(
+            self.tiers
+                .map(|t| t.api_access.then_some((t.requests, t.window_secs))),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, env: &[(&str, &str)], o: Overrides) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, file).unwrap();
+        let o = Overrides {
+            config: Some(path),
+            ..o
+        };
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::load_with_env(&o, |k| {
+            env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn a_file_with_only_one_tier_keeps_every_other_default() {
+        let s = load("[tiers.pro]\nrequests = 50\n", &[], Overrides::default()).unwrap();
+        assert_eq!(s.tiers[Tier::Pro.index()].requests, 50);
+        assert_eq!(s.tiers[Tier::Pro.index()].window_secs, 60);
+        assert_eq!(s.tiers[Tier::Starter.index()].requests, 10);
+        assert_eq!(s.tiers[Tier::Business.index()].requests, 100);
+        assert!(!s.tiers[Tier::Free.index()].api_access);
+        assert_eq!(s.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file() {
+        let file = "listen = \"127.0.0.1:1\"\nnode_id = \"file\"\ndata = \"/f\"\n";
+        let env = [
+            ("SNAPTRACK_AUTH_LISTEN", "127.0.0.1:2"),
+            ("SNAPTRACK_AUTH_NODE_ID", "env"),
+        ];
+        let s = load(
+            file,
+            &env,
+            Overrides {
+                listen: Some("127.0.0.1:3".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:3");
+        assert_eq!(s.node_id, "env");
+        assert_eq!(s.data, PathBuf::from("/f"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(matches!(
+            load("lisen = \"x\"\n", &[], Overrides::default()),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            load("[tiers.pro]\nrequests = 0\n", &[], Overrides::default()),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let missing = Overrides {
+            config: Some("/nonexistent/config.toml".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Settings::load_with_env(&missing, |_| None),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,220 @@
+//! The event contract: every change of state is one of these, inside an [`Envelope`].
+//!
+//! Names are past tense; each type carries an explicit version. Old versions are upcast on raw
+//! JSON ([`upcast`]) before typed decoding, so a log written by an older binary always decodes.
+//! The JSON Schemas and golden fixtures in the project's `events/` directory are the contract
+//! for other programs; a test decodes every fixture.
+
+mod envelope;
+pub mod upcast;
+
+pub use envelope::{DecodeError, Envelope};
+
+use crate::domain::{Subscription, SubscriptionStatus, Tier, TokenHash, TokenId, UserId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A user account was created. Carries an argon2id PHC string, never a password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRegistered {
+    pub user_id: UserId,
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+    pub tier: Tier,
+}
+
+/// A user's plan changed (tier, status or end date).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionChanged {
+    pub user_id: UserId,
+    pub tier: Tier,
+    pub status: SubscriptionStatus,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl SubscriptionChanged {
+    pub fn subscription(&self) -> Subscription {
+        Subscription {
+            tier: self.tier,
+            status: self.status,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// A token was issued. Carries the token's SHA-256, never the token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIssued {
+    pub token_id: TokenId,
+    pub user_id: UserId,
+    pub name: String,
+    pub token_sha256: TokenHash,
+    pub hint: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Why a token was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    Revoked,
+    Regenerated,
+}
+
+/// A token stopped being valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRevoked {
+    pub token_id: TokenId,
+    pub user_id: UserId,
+    pub reason: RevokeReason,
+}
+
+/// One token's share of a usage record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenUsage {
+    pub token_id: TokenId,
+    pub requests: u32,
+    pub last_used_at: DateTime<Utc>,
+}
+
+/// Requests a node admitted for one user in one rate-limit window since its last flush.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecorded {
+    pub user_id: UserId,
+    /// Start of the fixed window, epoch seconds.
+    pub window_start: i64,
+    pub window_secs: u32,
+    pub requests: u32,
+    pub tokens: Vec<TokenUsage>,
+}
+
+/// A dashboard login succeeded; the session is stored only as its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginSucceeded {
+    pub user_id: UserId,
+    pub session_sha256: TokenHash,
+    pub expires_at: DateTime<Utc>,
+    pub client_ip: Option<String>,
+}
+
+/// A dashboard login failed. Never carries the password that was tried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginFailed {
+    pub email: String,
+    pub client_ip: Option<String>,
+}
+
+/// A dashboard session ended (logout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionEnded {
+    pub user_id: UserId,
+    pub session_sha256: TokenHash,
+}
+
+/// Every event type, v1.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    UserRegistered(UserRegistered),
+    SubscriptionChanged(SubscriptionChanged),
+    TokenIssued(TokenIssued),
+    TokenRevoked(TokenRevoked),
+    UsageRecorded(UsageRecorded),
+    LoginSucceeded(LoginSucceeded),
+    LoginFailed(LoginFailed),
+    SessionEnded(SessionEnded),
+}
+
+/// The type names, as they appear in the envelope's `type` field and (with dots) in NATS
+/// subjects.
+pub const TYPES: [&str; 8] = [
+    "user_registered",
+    "subscription_changed",
+    "token_issued",
+    "token_revoked",
+    "usage_recorded",
+    "login_succeeded",
+    "login_failed",
+    "session_ended",
+];
+
+impl Event {
+    /// The envelope's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::UserRegistered(_) => "user_registered",
+            Event::SubscriptionChanged(_) => "subscription_changed",
+            Event::TokenIssued(_) => "token_issued",
+            Event::TokenRevoked(_) => "token_revoked",
+            Event::UsageRecorded(_) => "usage_recorded",
+            Event::LoginSucceeded(_) => "login_succeeded",
+            Event::LoginFailed(_) => "login_failed",
+            Event::SessionEnded(_) => "session_ended",
+        }
+    }
+
+    /// The version this binary writes for each type. Bump it together with an upcaster from
+    /// the previous version.
+    pub fn current_version(kind: &str) -> Option<u32> {
+        TYPES.contains(&kind).then_some(1)
+    }
+
+    /// The user the event concerns, if any (for `replay --user`).
+    pub fn user_id(&self) -> Option<UserId> {
+        match self {
+            Event::UserRegistered(e) => Some(e.user_id),
+            Event::SubscriptionChanged(e) => Some(e.user_id),
+            Event::TokenIssued(e) => Some(e.user_id),
+            Event::TokenRevoked(e) => Some(e.user_id),
+            Event::UsageRecorded(e) => Some(e.user_id),
+            Event::LoginSucceeded(e) => Some(e.user_id),
+            Event::LoginFailed(_) => None,
+            Event::SessionEnded(e) => Some(e.user_id),
+        }
+    }
+
+    /// The NATS subject: `snaptrack.auth.v1.` + the type with dots.
+    pub fn subject(&self) -> String {
+        format!("snaptrack.auth.v1.{}", self.kind().replace('_', "."))
+    }
+
+    pub(crate) fn serialize_data<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Event::UserRegistered(e) => e.serialize(s),
+            Event::SubscriptionChanged(e) => e.serialize(s),
+            Event::TokenIssued(e) => e.serialize(s),
+            Event::TokenRevoked(e) => e.serialize(s),
+            Event::UsageRecorded(e) => e.serialize(s),
+            Event::LoginSucceeded(e) => e.serialize(s),
+            Event::LoginFailed(e) => e.serialize(s),
+            Event::SessionEnded(e) => e.serialize(s),
+        }
+    }
+
+    /// Typed decoding of a current-version `data` object.
+    pub(crate) fn decode_data(kind: &str, data: &str) -> Result<Event, String> {
+        fn de<'a, T: Deserialize<'a>>(s: &'a str) -> Result<T, String> {
+            serde_json::from_str(s).map_err(|e| e.to_string())
+        }
+        Ok(match kind {
+            "user_registered" => Event::UserRegistered(de(data)?),
+            "subscription_changed" => Event::SubscriptionChanged(de(data)?),
+            "token_issued" => Event::TokenIssued(de(data)?),
+            "token_revoked" => Event::TokenRevoked(de(data)?),
+            "usage_recorded" => Event::UsageRecorded(de(data)?),
+            "login_succeeded" => Event::LoginSucceeded(de(data)?),
+            "login_failed" => Event::LoginFailed(de(data)?),
+            "session_ended" => Event::SessionEnded(de(data)?),
+            other => return Err(format!("unknown event type {other:?}")),
+        })
+    }
+}

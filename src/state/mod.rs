@@ -1,0 +1,327 @@
+//! The projections: every piece of in-memory state, and the one [`State::apply`] that folds an
+//! event into them. Replay at start-up, live application and tests all run the same `apply`;
+//! it holds no rules (those live in [`crate::command`]) and does no I/O.
+//!
+//! Layout by reader:
+//! - the verify path reads `tokens`, `users` and `rate_limits`: lock-free maps (papaya), so a
+//!   verify never waits for the applier, and the applier never waits for a verify;
+//! - the dashboard and admin API read the [`Directory`] behind a read-write lock that is only
+//!   held for map operations, never across an `.await`.
+
+mod ratelimit;
+mod verify;
+
+pub use ratelimit::{RateInfo, RateLimits};
+pub use verify::{Denied, TierTable, Verified};
+
+use crate::domain::{Subscription, TokenHash, TokenId, UserId};
+use crate::event::{Envelope, Event};
+use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A live token, as the verify path needs it: 32 bytes beside its 32-byte key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveToken {
+    pub token_id: TokenId,
+    pub user_id: UserId,
+    /// Epoch seconds; `i64::MAX` when the token never expires.
+    pub expires_at: i64,
+}
+
+/// What `/test` shows of a user, and what the plan check needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserView {
+    pub id: UserId,
+    pub name: String,
+    pub email: String,
+    pub subscription: Subscription,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A token as lists show it. Never holds the token.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    #[serde(skip)]
+    pub user_id: UserId,
+    pub name: String,
+    pub hint: String,
+    #[serde(skip)]
+    pub hash: TokenHash,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Requests counted by `usage_recorded` events.
+    pub requests: u64,
+}
+
+/// A dashboard session, keyed by the SHA-256 of its cookie value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: UserId,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Cold-path projections: lookups by email, password hashes, token records.
+#[derive(Default)]
+pub struct Directory {
+    pub emails: HashMap<String, UserId>,
+    pub password_hashes: HashMap<UserId, String>,
+    pub tokens_by_user: HashMap<UserId, Vec<TokenId>>,
+    pub token_records: HashMap<TokenId, TokenRecord>,
+    pub last_user_id: u64,
+}
+
+/// The event does not follow the last applied one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("cannot apply seq {found}: expected seq {expected}")]
+pub struct ApplyError {
+    pub expected: u64,
+    pub found: u64,
+}
+
+/// Every projection of the log.
+pub struct State {
+    /// Token hash → live token. Revoked tokens are removed; expired ones stay and fail the
+    /// expiry check.
+    pub tokens: papaya::HashMap<TokenHash, LiveToken>,
+    /// User id → profile and plan. Replaced whole (an `Arc`) when the plan changes.
+    pub users: papaya::HashMap<UserId, Arc<UserView>>,
+    pub rate_limits: RateLimits,
+    /// Session hash → session.
+    pub sessions: papaya::HashMap<TokenHash, Session>,
+    directory: RwLock<Directory>,
+    applied_seq: AtomicU64,
+    /// This node's id: its own `usage_recorded` events settle its in-flight counts.
+    local_node: String,
+}
+
+impl State {
+    pub fn new(local_node: &str) -> Self {
+        State {
+            tokens: papaya::HashMap::new(),
+            users: papaya::HashMap::new(),
+            rate_limits: RateLimits::default(),
+            sessions: papaya::HashMap::new(),
+            directory: RwLock::new(Directory::default()),
+            applied_seq: AtomicU64::new(0),
+            local_node: local_node.to_owned(),
+        }
+    }
+
+    /// The last sequence number applied.
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq.load(Ordering::Acquire)
+    }
+
+    /// Folds one event into every projection. Events must come in sequence order without
+    /// gaps. Only one thread applies (the writer or the replicator); readers run concurrently.
+    pub fn apply(&self, env: &Envelope) -> Result<(), ApplyError> {
+        let expected = self.applied_seq() + 1;
+        if env.seq != expected {
+            return Err(ApplyError {
+                expected,
+                found: env.seq,
+            });
+        }
+        match &env.event {
+            Event::UserRegistered(e) => {
+                self.users.pin().insert(
+                    e.user_id,
+                    Arc::new(UserView {
+                        id: e.user_id,
+                        name: e.name.clone(),
+                        email: e.email.clone(),
+                        subscription: Subscription::active(e.tier),
+                        created_at: env.occurred_at,
+                    }),
+                );
+                let mut d = self.directory.write();
+                d.emails.insert(e.email.clone(), e.user_id);
+                d.password_hashes
+                    .insert(e.user_id, e.password_hash.clone());
+                d.last_user_id = d.last_user_id.max(e.user_id.0);
+            }
+            Event::SubscriptionChanged(e) => {
+                let users = self.users.pin();
+                if let Some(old) = users.get(&e.user_id) {
+                    let mut user = UserView::clone(old);
+                    user.subscription = e.subscription();
+                    users.insert(e.user_id, Arc::new(user));
+                }
+            }
+            Event::TokenIssued(e) => {
+                self.tokens.pin().insert(
+                    e.token_sha256,
+                    LiveToken {
+                        token_id: e.token_id,
+                        user_id: e.user_id,
+                        expires_at: e.expires_at.map_or(i64::MAX, |t| t.timestamp()),
+                    },
+                );
+                let mut d = self.directory.write();
+                d.tokens_by_user
+                    .entry(e.user_id)
+                    .or_default()
+                    .push(e.token_id);
+                d.token_records.insert(
+                    e.token_id,
+                    TokenRecord {
+                        id: e.token_id,
+                        user_id: e.user_id,
+                        name: e.name.clone(),
+                        hint: e.hint.clone(),
+                        hash: e.token_sha256,
+                        created_at: env.occurred_at,
+                        last_used_at: None,
+                        expires_at: e.expires_at,
+                        revoked_at: None,
+                        requests: 0,
+                    },
+                );
+            }
+            Event::TokenRevoked(e) => {
+                let mut d = self.directory.write();
+                if let Some(rec) = d.token_records.get_mut(&e.token_id) {
+                    if rec.revoked_at.is_none() {
+                        rec.revoked_at = Some(env.occurred_at);
+                    }
+                    self.tokens.pin().remove(&rec.hash);
+                }
+            }
+            Event::UsageRecorded(e) => {
+                self.rate_limits.apply(e, env.node_id == self.local_node);
+                if !e.tokens.is_empty() {
+                    let mut d = self.directory.write();
+                    for t in &e.tokens {
+                        if let Some(rec) = d.token_records.get_mut(&t.token_id) {
+                            rec.requests += u64::from(t.requests);
+                            rec.last_used_at = rec.last_used_at.max(Some(t.last_used_at));
+                        }
+                    }
+                }
+            }
+            Event::LoginSucceeded(e) => {
+                self.sessions.pin().insert(
+                    e.session_sha256,
+                    Session {
+                        user_id: e.user_id,
+                        expires_at: e.expires_at,
+                    },
+                );
+            }
+            Event::LoginFailed(_) => {}
+            Event::SessionEnded(e) => {
+                self.sessions.pin().remove(&e.session_sha256);
+            }
+        }
+        self.applied_seq.store(env.seq, Ordering::Release);
+        Ok(())
+    }
+
+    /// A user's profile and plan.
+    pub fn user(&self, id: UserId) -> Option<Arc<UserView>> {
+        self.users.pin().get(&id).cloned()
+    }
+
+    /// The user with this (normalised) email, and their password hash.
+    pub fn credentials(&self, email: &str) -> Option<(UserId, String)> {
+        let d = self.directory.read();
+        let id = *d.emails.get(email)?;
+        Some((id, d.password_hashes.get(&id)?.clone()))
+    }
+
+    pub fn email_taken(&self, email: &str) -> bool {
+        self.directory.read().emails.contains_key(email)
+    }
+
+    /// The id the next registered user gets.
+    pub fn next_user_id(&self) -> UserId {
+        UserId(self.directory.read().last_user_id + 1)
+    }
+
+    pub fn token(&self, id: TokenId) -> Option<TokenRecord> {
+        self.directory.read().token_records.get(&id).cloned()
+    }
+
+    /// A user's tokens, newest first.
+    pub fn tokens_of(&self, user: UserId) -> Vec<TokenRecord> {
+        let d = self.directory.read();
+        let mut out: Vec<TokenRecord> = d
+            .tokens_by_user
+            .get(&user)
+            .map(|ids| {
+                ids.iter()
+                    .rev()
+                    .filter_map(|id| d.token_records.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out
+    }
+
+    /// The live session with this hash at `now`.
+    pub fn session(&self, hash: &TokenHash, now: DateTime<Utc>) -> Option<Session> {
+        self.sessions
+            .pin()
+            .get(hash)
+            .copied()
+            .filter(|s| s.expires_at > now)
+    }
+
+    /// Tokens valid at `at`: issued, not revoked, not expired (for `replay --at`).
+    pub fn valid_tokens_at(&self, at: DateTime<Utc>) -> Vec<TokenRecord> {
+        let d = self.directory.read();
+        let mut out: Vec<TokenRecord> = d
+            .token_records
+            .values()
+            .filter(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|e| e > at))
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| (r.created_at, r.id));
+        out
+    }
+
+    /// A canonical, comparable dump of every deterministic projection: used by tests to show
+    /// that replay and live application agree.
+    pub fn snapshot(&self) -> Snapshot {
+        let d = self.directory.read();
+        let mut tokens: Vec<(TokenHash, LiveToken)> =
+            self.tokens.pin().iter().map(|(k, v)| (*k, *v)).collect();
+        tokens.sort_by_key(|(k, _)| *k);
+        let mut users: Vec<UserView> = self
+            .users
+            .pin()
+            .iter()
+            .map(|(_, v)| UserView::clone(v))
+            .collect();
+        users.sort_by_key(|u| u.id);
+        let mut records: Vec<TokenRecord> = d.token_records.values().cloned().collect();
+        records.sort_by_key(|r| r.id);
+        let mut sessions: Vec<(TokenHash, Session)> =
+            self.sessions.pin().iter().map(|(k, v)| (*k, *v)).collect();
+        sessions.sort_by_key(|(k, _)| *k);
+        Snapshot {
+            applied_seq: self.applied_seq(),
+            tokens,
+            users,
+            records,
+            sessions,
+        }
+    }
+}
+
+/// See [`State::snapshot`].
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub applied_seq: u64,
+    pub tokens: Vec<(TokenHash, LiveToken)>,
+    pub users: Vec<UserView>,
+    pub records: Vec<TokenRecord>,
+    pub sessions: Vec<(TokenHash, Session)>,
+}
