@@ -311,8 +311,10 @@ mod tests {
             config: Some(path),
             ..o
         };
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::load_with_env(&o, |k| {
             env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone())
         })

@@ -26,6 +26,7 @@
 
 pub mod actors;
 pub mod bus;
+pub mod client;
 pub mod command;
 pub mod config;
 pub mod domain;

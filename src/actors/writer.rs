@@ -53,22 +53,28 @@ impl Writer {
         }
     }
 
+    /// The synchronous part of a command: validate against current state, append (not yet
+    /// durable), apply. Public so tests can drive the same path without an actor system.
+    pub fn execute_now(
+        &self,
+        cmd: Command,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, WriteError> {
+        let events = handle(&self.state, cmd, now)?;
+        if events.is_empty() {
+            return Ok(vec![]);
+        }
+        let envs = self.log.append(events, &self.node_id, now)?;
+        for env in &envs {
+            self.state
+                .apply(env)
+                .map_err(|e| WriteError::Storage(e.to_string()))?;
+        }
+        Ok(envs)
+    }
+
     fn commit(&self, cmd: Command) -> ResponseFuture<Result<Vec<Envelope>, WriteError>> {
-        let now = Utc::now();
-        let outcome = handle(&self.state, cmd, now)
-            .map_err(WriteError::from)
-            .and_then(|events| {
-                if events.is_empty() {
-                    return Ok(vec![]);
-                }
-                let envs = self.log.append(events, &self.node_id, now)?;
-                for env in &envs {
-                    self.state
-                        .apply(env)
-                        .map_err(|e| WriteError::Storage(e.to_string()))?;
-                }
-                Ok(envs)
-            });
+        let outcome = self.execute_now(cmd, Utc::now());
         let log = self.log.clone();
         Box::pin(async move {
             let envs = outcome?;

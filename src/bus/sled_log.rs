@@ -223,12 +223,11 @@ impl SledLog {
             }
             let result = (|| {
                 let (k, v) = item?;
-                let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                    LogError::Corrupt {
+                let seq =
+                    u64::from_be_bytes(k.as_ref().try_into().map_err(|_| LogError::Corrupt {
                         seq: expected,
                         reason: format!("key of {} bytes", k.len()),
-                    }
-                })?);
+                    })?);
                 if seq != expected {
                     return Err(LogError::Gap {
                         expected,
@@ -257,5 +256,23 @@ impl SledLog {
     pub fn remove_for_tests(&self, seq: u64) -> Result<(), LogError> {
         self.db.remove(key(seq))?;
         Ok(())
+    }
+}
+
+impl SledLog {
+    /// Applies every event of the log to `state`, in order. Returns how many were applied.
+    /// Any problem (corruption, a gap, an undecodable event) stops it with an error naming
+    /// the sequence number: a partial state is never served.
+    pub fn replay_into(&self, state: &crate::state::State) -> Result<u64, LogError> {
+        let mut n = 0;
+        for env in self.iter_from(state.applied_seq() + 1) {
+            let env = env?;
+            state.apply(&env).map_err(|e| LogError::Gap {
+                expected: e.expected,
+                found: e.found,
+            })?;
+            n += 1;
+        }
+        Ok(n)
     }
 }

@@ -7,7 +7,7 @@ mod user;
 
 pub use tier::{Lapse, Subscription, SubscriptionStatus, Tier};
 pub use token::{ApiToken, TokenFormatError, TokenHash};
-pub use user::{Email, Password, UserName};
+pub use user::{verify_password, Email, Password, UserName};
 
 use serde::{Deserialize, Serialize};
 

@@ -80,6 +80,27 @@ impl Password {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// An argon2id PHC string with a fresh random salt. Slow by design (tens of
+    /// milliseconds): call it off the async executor.
+    pub fn hash(&self) -> Result<String, argon2::password_hash::Error> {
+        use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+        let salt = SaltString::generate(&mut OsRng);
+        argon2::Argon2::default()
+            .hash_password(self.0.as_bytes(), &salt)
+            .map(|h| h.to_string())
+    }
+}
+
+/// Whether `password` matches the argon2 PHC string `phc`. A malformed `phc` never matches.
+/// Takes as long as hashing, whichever way it ends.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(phc).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -88,8 +109,20 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        assert_eq!(Email::parse(" John@Example.COM ").unwrap().as_str(), "john@example.com");
-        for bad in ["", "john", "john@", "@example.com", "a@b", "a b@c.d", "a@@b.c", "a@.b"] {
+        assert_eq!(
+            Email::parse(" John@Example.COM ").unwrap().as_str(),
+            "john@example.com"
+        );
+        for bad in [
+            "",
+            "john",
+            "john@",
+            "@example.com",
+            "a@b",
+            "a b@c.d",
+            "a@@b.c",
+            "a@.b",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }
@@ -99,5 +132,16 @@ mod tests {
         let p = Password::parse("correct horse").unwrap();
         assert!(!format!("{p:?}").contains("horse"));
         assert!(Password::parse("short").is_err());
+    }
+
+    #[test]
+    fn hashes_verify_only_their_password() {
+        let p = Password::parse("correct horse").unwrap();
+        let h = p.hash().unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(!h.contains("horse"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("correct horsf", &h));
+        assert!(!verify_password("correct horse", "not a hash"));
     }
 }

@@ -1,0 +1,340 @@
+//! The HTTP layer: routes, extractors, the error table, and [`Application`], which opens the
+//! log, replays it, starts the actors and serves.
+//!
+//! Owns: translation between HTTP and commands/queries. May not touch: the log (only the
+//! writer appends) or the projections' internals (it reads them through `State`'s methods).
+
+pub mod admin;
+pub mod auth;
+pub mod dashboard;
+pub mod error;
+pub mod metrics;
+pub mod ops;
+pub mod public;
+pub mod throttle;
+pub mod tokens;
+
+use crate::actors::{Execute, FlushUsage, UsageFlusher, Writer};
+use crate::bus::{LogError, SledLog};
+use crate::command::{Command, CommandError};
+use crate::config::Settings;
+use crate::domain::{Email, Password, Tier, UserName};
+use crate::state::{State, TierTable};
+use actix::{Actor, Addr};
+use actix_web::dev::{Server, ServerHandle, Service};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use error::{json_error, ApiError, Code};
+use metrics::Metrics;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use throttle::FailureThrottle;
+
+/// What every handler shares, behind `web::Data`.
+pub struct AppState {
+    pub state: Arc<State>,
+    pub writer: Addr<Writer>,
+    pub log: Arc<SledLog>,
+    /// Per-tier limits, copied out of the settings so the verify path reads one small array.
+    pub tiers: TierTable,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    pub auth_throttle: FailureThrottle,
+    pub login_throttle: FailureThrottle,
+    /// Set once replay is done (always, in embedded mode, before the server accepts).
+    pub ready: AtomicBool,
+    /// An argon2id hash of a random password: logins for unknown emails verify against it,
+    /// so they take as long as logins for known ones.
+    pub dummy_hash: String,
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Credentials of the `--demo` user, printed once when it is created.
+pub struct DemoUser {
+    pub email: String,
+    pub password: Option<String>,
+}
+
+/// A built, listening service.
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+    tls: bool,
+    writer: Addr<Writer>,
+    log: Arc<SledLog>,
+    pub demo: Option<DemoUser>,
+}
+
+fn load_tls(settings: &Settings) -> Result<Option<rustls::ServerConfig>, StartError> {
+    let Some(tls) = &settings.tls else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let cert_pem = read(&tls.cert)?;
+    let key_pem = read(&tls.key)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| StartError::Tls(format!("bad certificate {}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls(format!(
+            "no certificate in {}",
+            tls.cert.display()
+        )));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| StartError::Tls(format!("bad key {}: {e}", tls.key.display())))?
+        .ok_or_else(|| StartError::Tls(format!("no private key in {}", tls.key.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StartError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| StartError::Tls(e.to_string()))?;
+    Ok(Some(config))
+}
+
+/// Every route. Each resource answers other methods with a JSON 405.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    fn resource(path: &str) -> actix_web::Resource {
+        web::resource(path).default_service(web::to(|| async {
+            ApiError::new(Code::MethodNotAllowed).error_response_owned()
+        }))
+    }
+    cfg.service(resource("/test").route(web::get().to(public::test)))
+        .service(resource("/auth").route(web::get().to(public::forward_auth)))
+        .service(resource("/login").route(web::post().to(dashboard::login)))
+        .service(resource("/logout").route(web::post().to(dashboard::logout)))
+        .service(
+            resource("/dashboard/tokens")
+                .route(web::get().to(dashboard::list))
+                .route(web::post().to(dashboard::generate)),
+        )
+        .service(resource("/dashboard/tokens/{id}").route(web::delete().to(dashboard::revoke)))
+        .service(
+            resource("/dashboard/tokens/{id}/regenerate")
+                .route(web::post().to(dashboard::regenerate)),
+        )
+        .service(resource("/admin/users").route(web::post().to(admin::create_user)))
+        .service(resource("/admin/users/{id}").route(web::get().to(admin::get_user)))
+        .service(
+            resource("/admin/users/{id}/subscription")
+                .route(web::put().to(admin::put_subscription)),
+        )
+        .service(resource("/admin/users/{id}/tokens").route(web::post().to(admin::issue_token)))
+        .service(resource("/admin/tokens/{id}").route(web::delete().to(admin::revoke_token)))
+        .service(resource("/healthz").route(web::get().to(ops::healthz)))
+        .service(resource("/readyz").route(web::get().to(ops::readyz)))
+        .service(resource("/metrics").route(web::get().to(ops::metrics)));
+}
+
+impl ApiError {
+    fn error_response_owned(self) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}
+
+/// Opens the log in `settings.data` and replays it into a fresh state.
+pub fn open_and_replay(settings: &Settings) -> Result<(Arc<SledLog>, Arc<State>), StartError> {
+    let log = Arc::new(SledLog::open(&settings.data)?);
+    let state = Arc::new(State::new(&settings.node_id));
+    let started = std::time::Instant::now();
+    let n = log.replay_into(&state)?;
+    tracing::info!(
+        events = n,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "log replayed"
+    );
+    Ok((log, state))
+}
+
+async fn ensure_demo_user(state: &State, writer: &Addr<Writer>) -> Result<DemoUser, StartError> {
+    const EMAIL: &str = "demo@snaptrack.dev";
+    if state.email_taken(EMAIL) {
+        return Ok(DemoUser {
+            email: EMAIL.into(),
+            password: None,
+        });
+    }
+    let password = crate::domain::ApiToken::generate().expose()[5..25].to_owned();
+    let parsed = Password::parse(&password).map_err(|e| StartError::Other(e.into()))?;
+    let hash = web::block(move || parsed.hash())
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let cmd = Command::RegisterUser {
+        email: Email::parse(EMAIL).map_err(|e| StartError::Other(e.into()))?,
+        name: UserName::parse("Demo User").map_err(|e| StartError::Other(e.into()))?,
+        password_hash: hash,
+        tier: Tier::Pro,
+    };
+    match writer.send(Execute(cmd)).await {
+        Ok(Ok(_)) => Ok(DemoUser {
+            email: EMAIL.into(),
+            password: Some(password),
+        }),
+        Ok(Err(crate::actors::WriteError::Rejected(CommandError::EmailTaken))) => Ok(DemoUser {
+            email: EMAIL.into(),
+            password: None,
+        }),
+        Ok(Err(e)) => Err(StartError::Other(e.to_string())),
+        Err(e) => Err(StartError::Other(e.to_string())),
+    }
+}
+
+impl Application {
+    /// Opens and replays the log, starts the actors, binds `settings.listen`. Must run inside
+    /// an actix system (the binary's `#[actix_web::main]`, or `#[actix_web::test]`).
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(&settings.listen).map_err(|e| StartError::Listen {
+            addr: settings.listen.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    /// As [`Application::build`], on a listener the caller bound (tests bind port 0).
+    pub async fn build_with_listener(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> Result<Self, StartError> {
+        let tls = load_tls(&settings)?;
+        let (log, state) = open_and_replay(&settings)?;
+        let writer = Writer::new(state.clone(), log.clone(), settings.node_id.clone()).start();
+        UsageFlusher::new(writer.clone(), settings.usage_flush).start();
+        let demo = if settings.demo {
+            Some(ensure_demo_user(&state, &writer).await?)
+        } else {
+            None
+        };
+        let dummy_hash = web::block(|| {
+            let random = crate::domain::ApiToken::generate();
+            Password::parse(random.expose()).map(|p| p.hash())
+        })
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .and_then(|r| r.ok())
+        .ok_or_else(|| StartError::Other("cannot compute the dummy password hash".into()))?;
+        let settings = Arc::new(settings);
+        let app_state = web::Data::new(AppState {
+            state: state.clone(),
+            writer: writer.clone(),
+            log: log.clone(),
+            tiers: settings.tier_table(),
+            settings: settings.clone(),
+            metrics: Arc::new(Metrics::default()),
+            auth_throttle: FailureThrottle::new(
+                settings.throttle.auth_failures,
+                settings.throttle.auth_window_secs,
+            ),
+            login_throttle: FailureThrottle::new(
+                settings.throttle.login_failures,
+                settings.throttle.login_window_secs,
+            ),
+            ready: AtomicBool::new(true),
+            dummy_hash,
+        });
+        let max_body = settings.max_body_bytes;
+        let factory = move || {
+            let metrics = app_state.metrics.clone();
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(max_body)
+                        .error_handler(|e, _| json_error(e).into()),
+                )
+                .app_data(web::PayloadConfig::default().limit(max_body))
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|_, _| ApiError::new(Code::NotFound).into()),
+                )
+                .wrap_fn(move |req, srv| {
+                    let metrics = metrics.clone();
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await?;
+                        let route = res
+                            .request()
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".to_owned());
+                        metrics.count_request(route, res.status().as_u16());
+                        Ok(res)
+                    }
+                })
+                .configure(routes)
+                .default_service(web::to(|| async {
+                    ApiError::new(Code::NotFound).error_response_owned()
+                }))
+        };
+        let addr = listener.local_addr().map_err(|e| StartError::Listen {
+            addr: settings.listen.clone(),
+            reason: e.to_string(),
+        })?;
+        let listen_err = |e: std::io::Error| StartError::Listen {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        };
+        let server = HttpServer::new(factory).shutdown_timeout(10);
+        let is_tls = tls.is_some();
+        let server = match tls {
+            Some(cfg) => server.listen_rustls_0_23(listener, cfg),
+            None => server.listen(listener),
+        }
+        .map_err(listen_err)?
+        .run();
+        Ok(Application {
+            server,
+            addr,
+            tls: is_tls,
+            writer,
+            log,
+            demo,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://…` or `https://…` with the bound address.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// A handle to stop the server (tests; the binary stops on SIGTERM/SIGINT).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, then flushes usage and the log.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await?;
+        match self.writer.send(FlushUsage).await {
+            Ok(Ok(n)) => tracing::info!(events = n, "usage flushed at shutdown"),
+            Ok(Err(e)) => tracing::error!(error = %e, "usage flush at shutdown failed"),
+            Err(e) => tracing::error!(error = %e, "writer gone at shutdown"),
+        }
+        if let Err(e) = self.log.flush_blocking() {
+            tracing::error!(error = %e, "final log flush failed");
+        }
+        Ok(())
+    }
+}

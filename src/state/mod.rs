@@ -142,8 +142,7 @@ impl State {
                 );
                 let mut d = self.directory.write();
                 d.emails.insert(e.email.clone(), e.user_id);
-                d.password_hashes
-                    .insert(e.user_id, e.password_hash.clone());
+                d.password_hashes.insert(e.user_id, e.password_hash.clone());
                 d.last_user_id = d.last_user_id.max(e.user_id.0);
             }
             Event::SubscriptionChanged(e) => {
@@ -261,7 +260,7 @@ impl State {
                     .collect()
             })
             .unwrap_or_default();
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         out
     }
 

@@ -17,6 +17,9 @@ pub struct RateInfo {
     pub remaining: u32,
     /// End of the window, epoch seconds.
     pub reset: i64,
+    /// Length of the window (for the IETF `RateLimit-Policy` field; not in the body).
+    #[serde(skip)]
+    pub window_secs: u32,
 }
 
 impl RateInfo {
@@ -100,6 +103,7 @@ impl RateLimits {
                 limit,
                 remaining: 0,
                 reset,
+                window_secs,
             });
         }
         b.local += 1;
@@ -114,6 +118,7 @@ impl RateLimits {
             limit,
             remaining: limit - used - 1,
             reset,
+            window_secs,
         })
     }
 
@@ -194,11 +199,11 @@ mod tests {
     fn admits_exactly_the_limit_per_window() {
         let rl = RateLimits::default();
         let t = TokenId::new();
-        let now = 1_000_020;
+        let now = 1_000_030;
         for i in 0..5 {
             let info = rl.try_admit(U, t, now, 5, 60).unwrap();
             assert_eq!(info.remaining, 4 - i);
-            assert_eq!(info.reset, 1_000_020 - 1_000_020 % 60 + 60);
+            assert_eq!(info.reset, 1_000_080);
         }
         assert_eq!(rl.try_admit(U, t, now, 5, 60).unwrap_err().remaining, 0);
         // Next window.
@@ -231,8 +236,14 @@ mod tests {
         rl.try_admit(U, t, 59, 5, 60).unwrap();
         rl.try_admit(U, t, 61, 5, 60).unwrap();
         let events = rl.drain();
-        let windows: Vec<_> = events.iter().map(|e| (e.window_start, e.requests)).collect();
-        assert!(windows.contains(&(0, 1)) && windows.contains(&(60, 1)), "{windows:?}");
+        let windows: Vec<_> = events
+            .iter()
+            .map(|e| (e.window_start, e.requests))
+            .collect();
+        assert!(
+            windows.contains(&(0, 1)) && windows.contains(&(60, 1)),
+            "{windows:?}"
+        );
     }
 
     #[test]
@@ -248,6 +259,11 @@ mod tests {
         rl.apply(&e(60, 4), false);
         rl.apply(&e(0, 4), false);
         assert_eq!(rl.used(U), 4);
-        assert_eq!(rl.try_admit(U, TokenId::new(), 100, 5, 60).unwrap().remaining, 0);
+        assert_eq!(
+            rl.try_admit(U, TokenId::new(), 100, 5, 60)
+                .unwrap()
+                .remaining,
+            0
+        );
     }
 }

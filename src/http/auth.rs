@@ -1,0 +1,223 @@
+//! The extractors that decide who is calling: [`Caller`] (API token, flow 1's hot path),
+//! [`Admin`] (the admin token) and [`SessionUser`] (the dashboard cookie).
+
+use super::error::{ApiError, Code};
+use super::AppState;
+use crate::domain::TokenHash;
+use crate::state::{Denied, UserView, Verified};
+use actix_web::dev::Payload;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{web, FromRequest, HttpRequest};
+use chrono::Utc;
+use futures_util::future::{ready, Ready};
+use serde_json::json;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The dashboard's session cookie.
+pub const SESSION_COOKIE: &str = "snaptrack_session";
+
+/// The token of `Authorization: Bearer <token>`, or `None` for anything else: no header, two
+/// headers, non-ASCII bytes, another scheme (the scheme is case-insensitive), no token, or
+/// whitespace inside the token.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let mut all = headers.get_all(header::AUTHORIZATION);
+    let value = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    let text = value.to_str().ok()?;
+    let (scheme, rest) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(' ');
+    (!token.is_empty() && !token.contains(|c: char| c.is_ascii_whitespace())).then_some(token)
+}
+
+/// The client's address, as the throttles count it.
+pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
+fn app(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::new(Code::Internal))
+}
+
+/// A request with a valid API token, on a plan with API access, within its rate limit. The
+/// request has been counted.
+pub struct Caller(pub Verified);
+
+impl Caller {
+    fn check(req: &HttpRequest) -> Result<Caller, ApiError> {
+        let app = app(req)?;
+        let now = Utc::now().timestamp();
+        let ip = client_ip(req);
+        if let Some(wait) = app.auth_throttle.blocked(ip, now) {
+            return Err(ApiError::retry_after(Code::AuthThrottled, wait));
+        }
+        let started = Instant::now();
+        let outcome = match bearer_token(req.headers()) {
+            None => Err(Denied::Unauthorized("header")),
+            Some(token) => app.state.verify(token, now, &app.tiers),
+        };
+        app.metrics.verify_latency.observe(started.elapsed());
+        match outcome {
+            Ok(v) => Ok(Caller(v)),
+            Err(Denied::Unauthorized(reason)) => {
+                tracing::debug!(reason, "token rejected");
+                app.auth_throttle.record_failure(ip, now);
+                Err(ApiError::unauthorized())
+            }
+            Err(Denied::Plan { tier, lapse }) => {
+                let mut e =
+                    ApiError::new(Code::PlanDenied).extra("current_plan", json!(tier.as_str()));
+                if let Some(l) = lapse {
+                    e = e.extra("subscription_status", json!(l.as_str()));
+                }
+                Err(e)
+            }
+            Err(Denied::RateLimited(info)) => Err(ApiError::rate_limited(info, now)),
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(Caller::check(req))
+    }
+}
+
+/// A request carrying `SNAPTRACK_ADMIN_TOKEN`. Without that setting the admin API does not
+/// exist (404).
+pub struct Admin;
+
+impl Admin {
+    fn check(req: &HttpRequest) -> Result<Admin, ApiError> {
+        use subtle::ConstantTimeEq;
+        let app = app(req)?;
+        let Some(expected) = app.settings.admin_token.as_deref() else {
+            return Err(ApiError::new(Code::NotFound));
+        };
+        let now = Utc::now().timestamp();
+        let ip = client_ip(req);
+        if let Some(wait) = app.auth_throttle.blocked(ip, now) {
+            return Err(ApiError::retry_after(Code::AuthThrottled, wait));
+        }
+        let given = bearer_token(req.headers()).unwrap_or("");
+        // Compare hashes: equal length, so the comparison's time says nothing about the
+        // length of the secret either.
+        let a = TokenHash::of(given);
+        let b = TokenHash::of(expected);
+        if bool::from(a.as_bytes().ct_eq(b.as_bytes())) && !given.is_empty() {
+            Ok(Admin)
+        } else {
+            app.auth_throttle.record_failure(ip, now);
+            Err(ApiError::unauthorized())
+        }
+    }
+}
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(Admin::check(req))
+    }
+}
+
+/// A dashboard request with a live session.
+pub struct SessionUser {
+    pub user: Arc<UserView>,
+    pub session: TokenHash,
+}
+
+impl SessionUser {
+    pub fn from_cookie(req: &HttpRequest) -> Option<SessionUser> {
+        let app = req.app_data::<web::Data<AppState>>()?;
+        let cookie = req.cookie(SESSION_COOKIE)?;
+        let hash = TokenHash::of(cookie.value());
+        let session = app.state.session(&hash, Utc::now())?;
+        let user = app.state.user(session.user_id)?;
+        Some(SessionUser {
+            user,
+            session: hash,
+        })
+    }
+}
+
+impl FromRequest for SessionUser {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(SessionUser::from_cookie(req).ok_or_else(ApiError::unauthorized))
+    }
+}
+
+/// Refuses state-changing dashboard requests from other sites: `Sec-Fetch-Site` other than
+/// same-origin/none, or an `Origin` whose host is not this request's `Host`. Requests without
+/// either header (scripts, tests) pass: the `SameSite=Strict` cookie keeps other sites' pages
+/// from sending a session anyway.
+pub fn same_origin(req: &HttpRequest) -> Result<(), ApiError> {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return Err(ApiError::new(Code::CrossSite));
+        }
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let host = req.connection_info().host().to_owned();
+        let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        if origin == "null" || origin_host != host {
+            return Err(ApiError::new(Code::CrossSite));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn parses_the_bearer_scheme_case_insensitively() {
+        assert_eq!(bearer_token(&headers(&[b"Bearer abc"])), Some("abc"));
+        assert_eq!(bearer_token(&headers(&[b"bEaReR abc"])), Some("abc"));
+    }
+
+    #[test]
+    fn everything_else_is_none() {
+        for bad in [
+            &b""[..],
+            b"Bearer",
+            b"Bearer ",
+            b"Basic abc",
+            b"Bearerabc",
+            b"Bearer a b",
+            b"Bearer a\tb",
+            b"Token abc",
+            b"Bearer \xff\xfe",
+        ] {
+            assert_eq!(bearer_token(&headers(&[bad])), None, "{bad:?}");
+        }
+        assert_eq!(bearer_token(&headers(&[])), None);
+        assert_eq!(bearer_token(&headers(&[b"Bearer a", b"Bearer b"])), None);
+    }
+}

@@ -1,0 +1,165 @@
+//! The dashboard's JSON endpoints (session cookie): login, logout, list, generate, revoke,
+//! regenerate. Passwords are checked with argon2id against a dummy hash when the email is
+//! unknown, so the answer takes the same time and has the same body either way.
+
+use super::auth::{client_ip, same_origin, SessionUser, SESSION_COOKIE};
+use super::error::{ApiError, Code};
+use super::public::UserBody;
+use super::tokens::{self, NewToken};
+use super::AppState;
+use crate::actors::Execute;
+use crate::command::Command;
+use crate::domain::{verify_password, Email, TokenHash};
+use actix_web::cookie::{time, Cookie, SameSite};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use chrono::Utc;
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+fn parse_login(req: &HttpRequest, body: &[u8]) -> Result<LoginBody, ApiError> {
+    match req.content_type() {
+        "application/x-www-form-urlencoded" => serde_urlencoded::from_bytes(body)
+            .map_err(|e| ApiError::new(Code::InvalidField).message(format!("Invalid form: {e}"))),
+        "application/json" => serde_json::from_slice(body).map_err(|e| {
+            if e.is_data() {
+                ApiError::new(Code::InvalidField).message(format!("Invalid request body: {e}"))
+            } else {
+                ApiError::new(Code::MalformedJson).message(format!("Malformed JSON: {e}"))
+            }
+        }),
+        _ => Err(ApiError::new(Code::UnsupportedMediaType)
+            .message("Content-Type must be application/json or a form")),
+    }
+}
+
+fn session_cookie(app: &AppState, value: String) -> Cookie<'static> {
+    Cookie::build(SESSION_COOKIE, value)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path("/")
+        .secure(app.settings.tls.is_some())
+        .max_age(time::Duration::seconds(
+            app.settings.session_ttl.as_secs() as i64
+        ))
+        .finish()
+}
+
+/// `POST /login`.
+pub async fn login(
+    req: HttpRequest,
+    app: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    same_origin(&req)?;
+    let ip = client_ip(&req);
+    let now = Utc::now();
+    if let Some(wait) = app.login_throttle.blocked(ip, now.timestamp()) {
+        return Err(ApiError::retry_after(Code::LoginThrottled, wait));
+    }
+    let creds = parse_login(&req, &body)?;
+    let email = Email::parse(&creds.email).ok();
+    let known = email
+        .as_ref()
+        .and_then(|e| app.state.credentials(e.as_str()));
+    let (user_id, phc) = match known {
+        Some((id, phc)) => (Some(id), phc),
+        None => (None, app.dummy_hash.clone()),
+    };
+    let password = creds.password;
+    let matches = web::block(move || verify_password(&password, &phc))
+        .await
+        .map_err(|_| ApiError::new(Code::Internal))?;
+    let client_ip = ip.map(|i| i.to_string());
+    let Some(user_id) = user_id.filter(|_| matches) else {
+        app.login_throttle.record_failure(ip, now.timestamp());
+        let email = email.map_or_else(|| "<not an email>".to_owned(), |e| e.as_str().to_owned());
+        app.writer
+            .send(Execute(Command::RecordLoginFailure { email, client_ip }))
+            .await??;
+        return Err(ApiError::new(Code::InvalidCredentials));
+    };
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let value = hex::encode(raw);
+    let ttl =
+        chrono::Duration::from_std(app.settings.session_ttl).unwrap_or(chrono::Duration::hours(12));
+    app.writer
+        .send(Execute(Command::RecordLogin {
+            user_id,
+            session: TokenHash::of(&value),
+            expires_at: now + ttl,
+            client_ip,
+        }))
+        .await??;
+    let user = app
+        .state
+        .user(user_id)
+        .ok_or_else(|| ApiError::new(Code::Internal))?;
+    Ok(HttpResponse::Ok()
+        .cookie(session_cookie(&app, value))
+        .insert_header(("cache-control", "no-store"))
+        .json(json!({"success": true, "user": UserBody::of(&user)})))
+}
+
+/// `POST /logout`: ends the session if there is one, and clears the cookie either way.
+pub async fn logout(req: HttpRequest, app: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    same_origin(&req)?;
+    if let Some(s) = SessionUser::from_cookie(&req) {
+        app.writer
+            .send(Execute(Command::EndSession { session: s.session }))
+            .await??;
+    }
+    let mut gone = session_cookie(&app, String::new());
+    gone.make_removal();
+    Ok(HttpResponse::Ok()
+        .cookie(gone)
+        .json(json!({"success": true})))
+}
+
+/// `GET /dashboard/tokens`.
+pub async fn list(s: SessionUser, app: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(json!({"success": true, "tokens": app.state.tokens_of(s.user.id)}))
+}
+
+/// `POST /dashboard/tokens`.
+pub async fn generate(
+    req: HttpRequest,
+    s: SessionUser,
+    app: web::Data<AppState>,
+    body: web::Json<NewToken>,
+) -> Result<HttpResponse, ApiError> {
+    same_origin(&req)?;
+    tokens::issue(&app, s.user.id, body.into_inner()).await
+}
+
+/// `DELETE /dashboard/tokens/{id}`.
+pub async fn revoke(
+    req: HttpRequest,
+    s: SessionUser,
+    app: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    same_origin(&req)?;
+    tokens::revoke(&app, tokens::parse_token_id(&path)?, Some(s.user.id)).await
+}
+
+/// `POST /dashboard/tokens/{id}/regenerate`.
+pub async fn regenerate(
+    req: HttpRequest,
+    s: SessionUser,
+    app: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    same_origin(&req)?;
+    tokens::regenerate(&app, tokens::parse_token_id(&path)?, Some(s.user.id)).await
+}

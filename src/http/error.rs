@@ -1,0 +1,265 @@
+//! The error table: every failure the service reports, with its status and stable name, in
+//! one place, and the one JSON error type built from it.
+
+use crate::actors::WriteError;
+use crate::command::CommandError;
+use crate::state::RateInfo;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{json, Map, Value};
+use std::fmt;
+
+/// Every error the service can answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Unauthorized,
+    PlanDenied,
+    RateLimited,
+    AuthThrottled,
+    LoginThrottled,
+    InvalidCredentials,
+    CrossSite,
+    NotFound,
+    MethodNotAllowed,
+    MalformedJson,
+    InvalidField,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    EmailTaken,
+    TokenAlreadyRevoked,
+    ServiceUnavailable,
+    Internal,
+}
+
+impl Code {
+    /// The table: status, stable name (for logs and metrics), and the default message.
+    pub const fn spec(self) -> (u16, &'static str, &'static str) {
+        match self {
+            Code::Unauthorized => (401, "unauthorized", "Unauthorized"),
+            Code::PlanDenied => (
+                403,
+                "plan_denied",
+                "API access is not available on your plan",
+            ),
+            Code::RateLimited => (429, "rate_limited", "Rate limit exceeded"),
+            Code::AuthThrottled => (
+                429,
+                "auth_throttled",
+                "Too many failed authentication attempts",
+            ),
+            Code::LoginThrottled => (429, "login_throttled", "Too many failed login attempts"),
+            Code::InvalidCredentials => (401, "invalid_credentials", "Invalid credentials"),
+            Code::CrossSite => (403, "cross_site_request", "Cross-site request refused"),
+            Code::NotFound => (404, "not_found", "Not found"),
+            Code::MethodNotAllowed => (405, "method_not_allowed", "Method not allowed"),
+            Code::MalformedJson => (400, "malformed_json", "Malformed JSON"),
+            Code::InvalidField => (422, "invalid_field", "Invalid field"),
+            Code::UnsupportedMediaType => (
+                415,
+                "unsupported_media_type",
+                "Content-Type must be application/json",
+            ),
+            Code::PayloadTooLarge => (413, "payload_too_large", "Request body too large"),
+            Code::EmailTaken => (409, "email_taken", "A user with this email already exists"),
+            Code::TokenAlreadyRevoked => (409, "token_already_revoked", "Token is already revoked"),
+            Code::ServiceUnavailable => (503, "service_unavailable", "Service unavailable"),
+            Code::Internal => (500, "internal", "Internal server error"),
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        StatusCode::from_u16(self.spec().0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn name(self) -> &'static str {
+        self.spec().1
+    }
+}
+
+/// The JSON error: `{"success": false, "error": "...", ...extra}` plus headers.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    /// Boxed: errors travel in `Result`s on every path, and a small `Err` keeps them cheap.
+    details: Box<Details>,
+}
+
+#[derive(Debug, Default)]
+struct Details {
+    message: Option<String>,
+    extra: Map<String, Value>,
+    headers: Vec<(HeaderName, String)>,
+}
+
+impl ApiError {
+    pub fn new(code: Code) -> Self {
+        ApiError {
+            code,
+            details: Box::default(),
+        }
+    }
+
+    /// 401 with `WWW-Authenticate: Bearer`, as the contract asks.
+    pub fn unauthorized() -> Self {
+        Self::new(Code::Unauthorized)
+            .header(HeaderName::from_static("www-authenticate"), "Bearer".into())
+    }
+
+    /// 422 naming the field.
+    pub fn invalid_field(field: &str, reason: &str) -> Self {
+        Self::new(Code::InvalidField)
+            .message(format!("Invalid field {field}: {reason}"))
+            .extra("field", json!(field))
+    }
+
+    /// 429 for an exhausted window, with the `rate_limit` object and its headers.
+    pub fn rate_limited(info: RateInfo, now: i64) -> Self {
+        let mut e = Self::new(Code::RateLimited)
+            .extra("rate_limit", json!(info))
+            .header(
+                HeaderName::from_static("retry-after"),
+                info.retry_after(now).to_string(),
+            );
+        for (k, v) in rate_headers(&info, now) {
+            e = e.header(k, v);
+        }
+        e
+    }
+
+    /// 429 or 503 with `Retry-After`.
+    pub fn retry_after(code: Code, secs: i64) -> Self {
+        Self::new(code).header(HeaderName::from_static("retry-after"), secs.to_string())
+    }
+
+    pub fn message(mut self, m: impl Into<String>) -> Self {
+        self.details.message = Some(m.into());
+        self
+    }
+
+    pub fn extra(mut self, key: &str, value: Value) -> Self {
+        self.details.extra.insert(key.to_owned(), value);
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: String) -> Self {
+        self.details.headers.push((name, value));
+        self
+    }
+}
+
+/// The rate-limit headers of every authenticated response: the product's `X-RateLimit-*`
+/// and the IETF draft's `RateLimit-Policy` / `RateLimit` fields.
+pub fn rate_headers(info: &RateInfo, now: i64) -> [(HeaderName, String); 5] {
+    let until_reset = (info.reset - now).max(0);
+    [
+        (
+            HeaderName::from_static("x-ratelimit-limit"),
+            info.limit.to_string(),
+        ),
+        (
+            HeaderName::from_static("x-ratelimit-remaining"),
+            info.remaining.to_string(),
+        ),
+        (
+            HeaderName::from_static("x-ratelimit-reset"),
+            info.reset.to_string(),
+        ),
+        (
+            HeaderName::from_static("ratelimit-policy"),
+            format!("\"default\";q={};w={}", info.limit, info.window_secs),
+        ),
+        (
+            HeaderName::from_static("ratelimit"),
+            format!("\"default\";r={};t={}", info.remaining, until_reset),
+        ),
+    ]
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (status, name, msg) = self.code.spec();
+        write!(
+            f,
+            "{status} {name}: {}",
+            self.details.message.as_deref().unwrap_or(msg)
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = Map::new();
+        body.insert("success".into(), Value::Bool(false));
+        body.insert(
+            "error".into(),
+            Value::String(
+                self.details
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| self.code.spec().2.to_owned()),
+            ),
+        );
+        body.extend(self.details.extra.clone());
+        let mut resp = HttpResponse::build(self.status_code());
+        for (k, v) in &self.details.headers {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                resp.insert_header((k.clone(), v));
+            }
+        }
+        resp.insert_header(("cache-control", "no-store"));
+        resp.json(Value::Object(body))
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::EmailTaken => ApiError::new(Code::EmailTaken),
+            CommandError::UserNotFound | CommandError::TokenNotFound => {
+                ApiError::new(Code::NotFound)
+            }
+            CommandError::AlreadyRevoked => ApiError::new(Code::TokenAlreadyRevoked),
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Rejected(c) => c.into(),
+            WriteError::Storage(reason) => {
+                tracing::error!(%reason, "command failed in storage");
+                ApiError::retry_after(Code::ServiceUnavailable, 1)
+            }
+        }
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        tracing::error!(error = %e, "writer unavailable");
+        ApiError::retry_after(Code::ServiceUnavailable, 1)
+    }
+}
+
+/// Maps actix's JSON extractor errors onto the table: syntax 400, wrong shape 422 (naming the
+/// problem, e.g. an unknown or missing field), wrong content type 415, too large 413.
+pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match err {
+        E::ContentType => ApiError::new(Code::UnsupportedMediaType),
+        E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::new(Code::PayloadTooLarge),
+        E::Deserialize(e) if e.is_data() => {
+            ApiError::new(Code::InvalidField).message(format!("Invalid request body: {e}"))
+        }
+        E::Deserialize(e) => {
+            ApiError::new(Code::MalformedJson).message(format!("Malformed JSON: {e}"))
+        }
+        other => ApiError::new(Code::MalformedJson).message(format!("Unreadable body: {other}")),
+    }
+}

@@ -1,0 +1,57 @@
+//! Operations: liveness, readiness and Prometheus metrics.
+
+use super::AppState;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+/// `GET /healthz`: 200 while the process serves.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"success": true, "status": "ok"}))
+}
+
+/// `GET /readyz`: 200 once the log has been replayed; 503 before.
+pub async fn readyz(app: web::Data<AppState>) -> HttpResponse {
+    let applied = app.state.applied_seq();
+    if app.ready.load(Ordering::Acquire) {
+        HttpResponse::Ok().json(json!({"success": true, "status": "ready", "applied_seq": applied}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", "1"))
+            .json(json!({"success": false, "error": "Service unavailable", "applied_seq": applied}))
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
+    let gauges = [
+        (
+            "snaptrack_applied_seq",
+            "Sequence number of the last event applied on this node.",
+            app.state.applied_seq() as f64,
+        ),
+        (
+            "snaptrack_log_last_seq",
+            "Sequence number of the last event in this node's log.",
+            app.log.last_seq() as f64,
+        ),
+        (
+            "snaptrack_replication_lag_events",
+            "Events in the log not yet applied on this node.",
+            app.log.last_seq().saturating_sub(app.state.applied_seq()) as f64,
+        ),
+        (
+            "snaptrack_log_flushes_total",
+            "Flushes of the event log (group commit shares one among concurrent appends).",
+            app.log.flush_count() as f64,
+        ),
+        (
+            "snaptrack_live_tokens",
+            "Tokens in the index (issued, not revoked).",
+            app.state.tokens.len() as f64,
+        ),
+    ];
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(app.metrics.render(&gauges))
+}

@@ -1,0 +1,65 @@
+//! The public API: `GET /test` (the product document's "Testing Your Token") and `GET /auth`
+//! (forward auth for proxies and API nodes). Both are a [`Caller`] and a response.
+
+use super::auth::Caller;
+use super::error::rate_headers;
+use actix_web::{HttpResponse, HttpResponseBuilder};
+use chrono::Utc;
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct TestBody<'a> {
+    success: bool,
+    message: &'static str,
+    user: UserBody<'a>,
+    rate_limit: crate::state::RateInfo,
+}
+
+/// The `user` object of the product document.
+#[derive(Serialize)]
+pub struct UserBody<'a> {
+    pub id: u64,
+    pub name: &'a str,
+    pub email: &'a str,
+    pub subscription_tier: &'static str,
+}
+
+impl<'a> UserBody<'a> {
+    pub fn of(u: &'a crate::state::UserView) -> Self {
+        UserBody {
+            id: u.id.0,
+            name: &u.name,
+            email: &u.email,
+            subscription_tier: u.subscription.tier.as_str(),
+        }
+    }
+}
+
+fn ok_with_rate(caller: &Caller) -> HttpResponseBuilder {
+    let mut r = HttpResponse::Ok();
+    for h in rate_headers(&caller.0.rate, Utc::now().timestamp()) {
+        r.insert_header(h);
+    }
+    r
+}
+
+/// `GET /test`.
+pub async fn test(caller: Caller) -> HttpResponse {
+    let body = TestBody {
+        success: true,
+        message: "API is working",
+        user: UserBody::of(&caller.0.user),
+        rate_limit: caller.0.rate,
+    };
+    ok_with_rate(&caller).json(body)
+}
+
+/// `GET /auth`: 200, empty body, identity in headers.
+pub async fn forward_auth(caller: Caller) -> HttpResponse {
+    let v = &caller.0;
+    ok_with_rate(&caller)
+        .insert_header(("x-auth-user-id", v.user.id.to_string()))
+        .insert_header(("x-auth-tier", v.user.subscription.tier.as_str()))
+        .insert_header(("x-auth-token-id", v.token_id.to_string()))
+        .finish()
+}

@@ -1,0 +1,75 @@
+//! Failed-authentication throttling per client address: a fixed window per address, in
+//! memory only (no event per failed attempt). Other addresses are unaffected.
+
+use std::net::IpAddr;
+
+/// Entries beyond this many trigger a sweep of finished windows, so an attacker with many
+/// addresses cannot grow the map without bound.
+const SWEEP_ABOVE: usize = 100_000;
+
+pub struct FailureThrottle {
+    limit: u32,
+    window_secs: i64,
+    /// Address → (window start, failures). A mutex per entry (parking_lot): held for two
+    /// integer operations, never across an await.
+    slots: papaya::HashMap<IpAddr, parking_lot::Mutex<(i64, u32)>>,
+}
+
+impl FailureThrottle {
+    pub fn new(limit: u32, window_secs: u32) -> Self {
+        FailureThrottle {
+            limit,
+            window_secs: i64::from(window_secs.max(1)),
+            slots: papaya::HashMap::new(),
+        }
+    }
+
+    fn window(&self, now: i64) -> i64 {
+        now - now.rem_euclid(self.window_secs)
+    }
+
+    /// Seconds to wait when `ip` has used up its failures in this window.
+    pub fn blocked(&self, ip: Option<IpAddr>, now: i64) -> Option<i64> {
+        let ip = ip?;
+        let start = self.window(now);
+        let slots = self.slots.pin();
+        let slot = slots.get(&ip)?;
+        let (w, n) = *slot.lock();
+        (w == start && n >= self.limit).then(|| (start + self.window_secs - now).max(1))
+    }
+
+    /// Counts one failure of `ip`.
+    pub fn record_failure(&self, ip: Option<IpAddr>, now: i64) {
+        let Some(ip) = ip else { return };
+        let start = self.window(now);
+        let slots = self.slots.pin();
+        if slots.len() > SWEEP_ABOVE {
+            slots.retain(|_, v| v.lock().0 == start);
+        }
+        let slot = slots.get_or_insert_with(ip, || parking_lot::Mutex::new((start, 0)));
+        let mut s = slot.lock();
+        if s.0 != start {
+            *s = (start, 0);
+        }
+        s.1 = s.1.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_one_address_after_the_limit_and_only_that_address() {
+        let t = FailureThrottle::new(3, 60);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(t.blocked(Some(a), 120), None);
+            t.record_failure(Some(a), 120);
+        }
+        assert_eq!(t.blocked(Some(a), 130), Some(50));
+        assert_eq!(t.blocked(Some(b), 130), None);
+        assert_eq!(t.blocked(Some(a), 180), None, "next window");
+    }
+}

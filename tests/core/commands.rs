@@ -1,0 +1,169 @@
+//! The rules, given/when/then: given events already applied, when a command runs, then
+//! these events (or this rejection, and no event).
+
+use super::Core;
+use chrono::Utc;
+use snaptrack_auth::actors::WriteError;
+use snaptrack_auth::command::{Command, CommandError};
+use snaptrack_auth::domain::{
+    ApiToken, Email, Subscription, SubscriptionStatus, Tier, TokenId, TokenName, UserId, UserName,
+};
+use snaptrack_auth::event::{Event, RevokeReason};
+
+pub fn register(email: &str, tier: Tier) -> Command {
+    Command::RegisterUser {
+        email: Email::parse(email).unwrap(),
+        name: UserName::parse("Test User").unwrap(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        tier,
+    }
+}
+
+pub fn issue(user: u64, token: &ApiToken) -> (TokenId, Command) {
+    let id = TokenId::new();
+    (
+        id,
+        Command::IssueToken {
+            user_id: UserId(user),
+            token_id: id,
+            name: TokenName::parse("ci").unwrap(),
+            hash: token.hash(),
+            hint: token.hint(),
+            expires_at: None,
+        },
+    )
+}
+
+fn given(core: &Core, cmds: Vec<Command>) {
+    for c in cmds {
+        core.writer.execute_now(c, Utc::now()).unwrap();
+    }
+}
+
+fn when(core: &Core, cmd: Command) -> Result<Vec<Event>, CommandError> {
+    let before = core.log.last_seq();
+    match core.writer.execute_now(cmd, Utc::now()) {
+        Ok(envs) => Ok(envs.into_iter().map(|e| e.event).collect()),
+        Err(WriteError::Rejected(e)) => {
+            assert_eq!(
+                core.log.last_seq(),
+                before,
+                "a rejected command wrote an event"
+            );
+            Err(e)
+        }
+        Err(e) => panic!("storage error {e}"),
+    }
+}
+
+#[test]
+fn registering_assigns_ids_from_one_and_refuses_a_taken_email_whatever_its_case() {
+    let core = Core::new();
+    let events = when(&core, register("a@example.com", Tier::Pro)).unwrap();
+    assert!(matches!(&events[..], [Event::UserRegistered(u)] if u.user_id == UserId(1)));
+    given(&core, vec![register("b@example.com", Tier::Free)]);
+    assert_eq!(
+        when(&core, register("A@Example.com", Tier::Pro)),
+        Err(CommandError::EmailTaken)
+    );
+    let events = when(&core, register("c@example.com", Tier::Pro)).unwrap();
+    assert!(matches!(&events[..], [Event::UserRegistered(u)] if u.user_id == UserId(3)));
+}
+
+#[test]
+fn issuing_for_an_unknown_user_is_refused() {
+    let core = Core::new();
+    let (_, cmd) = issue(9, &ApiToken::generate());
+    assert_eq!(when(&core, cmd), Err(CommandError::UserNotFound));
+}
+
+#[test]
+fn revoking_checks_owner_and_state() {
+    let core = Core::new();
+    let t = ApiToken::generate();
+    let (id, cmd) = issue(1, &t);
+    given(
+        &core,
+        vec![
+            register("a@example.com", Tier::Pro),
+            register("b@example.com", Tier::Pro),
+            cmd,
+        ],
+    );
+    let other = Command::RevokeToken {
+        token_id: id,
+        owner: Some(UserId(2)),
+    };
+    assert_eq!(when(&core, other), Err(CommandError::TokenNotFound));
+    let unknown = Command::RevokeToken {
+        token_id: TokenId::new(),
+        owner: None,
+    };
+    assert_eq!(when(&core, unknown), Err(CommandError::TokenNotFound));
+    let mine = Command::RevokeToken {
+        token_id: id,
+        owner: Some(UserId(1)),
+    };
+    let events = when(&core, mine.clone()).unwrap();
+    assert!(
+        matches!(&events[..], [Event::TokenRevoked(r)] if r.token_id == id && r.reason == RevokeReason::Revoked)
+    );
+    assert_eq!(when(&core, mine), Err(CommandError::AlreadyRevoked));
+    assert!(core.state.tokens.pin().get(&t.hash()).is_none());
+}
+
+#[test]
+fn regenerating_revokes_and_issues_in_one_append() {
+    let core = Core::new();
+    let old = ApiToken::generate();
+    let (id, cmd) = issue(1, &old);
+    given(&core, vec![register("a@example.com", Tier::Pro), cmd]);
+    let new = ApiToken::generate();
+    let new_id = TokenId::new();
+    let before = core.log.last_seq();
+    let events = when(
+        &core,
+        Command::RegenerateToken {
+            old: id,
+            owner: Some(UserId(1)),
+            token_id: new_id,
+            hash: new.hash(),
+            hint: new.hint(),
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(&events[..], [Event::TokenRevoked(r), Event::TokenIssued(i)]
+        if r.reason == RevokeReason::Regenerated && i.token_id == new_id && i.name == "ci")
+    );
+    assert_eq!(core.log.last_seq(), before + 2);
+    assert!(core.state.tokens.pin().get(&old.hash()).is_none());
+    assert!(core.state.tokens.pin().get(&new.hash()).is_some());
+}
+
+#[test]
+fn changing_the_plan_of_an_unknown_user_is_refused() {
+    let core = Core::new();
+    let cmd = Command::ChangeSubscription {
+        user_id: UserId(5),
+        subscription: Subscription {
+            tier: Tier::Pro,
+            status: SubscriptionStatus::Active,
+            expires_at: None,
+        },
+    };
+    assert_eq!(when(&core, cmd), Err(CommandError::UserNotFound));
+}
+
+#[test]
+fn no_event_ever_carries_the_token() {
+    let core = Core::new();
+    let t = ApiToken::generate();
+    let (_, cmd) = issue(1, &t);
+    given(&core, vec![register("a@example.com", Tier::Pro), cmd]);
+    for env in core.log.iter_from(1) {
+        let json = String::from_utf8(env.unwrap().to_json()).unwrap();
+        assert!(!json.contains(t.expose()));
+        assert!(!json.contains(&t.expose()[5..45]));
+    }
+}

@@ -1,0 +1,129 @@
+//! Every golden fixture in `events/` decodes with this binary, re-encodes to the same JSON,
+//! and matches its JSON Schema; and what this binary writes matches the schemas too.
+
+use snaptrack_auth::event::upcast::Upcasters;
+use snaptrack_auth::event::{DecodeError, Envelope, TYPES};
+use std::path::Path;
+
+fn events_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/events"))
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn schema_for(kind: &str, version: u64) -> jsonschema::Validator {
+    let p = events_dir().join(format!("schemas/{kind}.v{version}.schema.json"));
+    jsonschema::validator_for(&read_json(&p)).unwrap()
+}
+
+#[test]
+fn every_type_has_a_schema_and_a_fixture() {
+    for kind in TYPES {
+        assert!(
+            events_dir()
+                .join(format!("schemas/{kind}.v1.schema.json"))
+                .exists(),
+            "{kind}"
+        );
+        assert!(
+            events_dir()
+                .join(format!("fixtures/{kind}.v1.json"))
+                .exists(),
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn every_fixture_decodes_round_trips_and_matches_its_schema() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(events_dir().join("fixtures")).unwrap() {
+        let path = entry.unwrap().path();
+        let json = read_json(&path);
+        let bytes = serde_json::to_vec(&json).unwrap();
+        let env = Envelope::decode(&bytes, 0)
+            .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
+        let kind = json["type"].as_str().unwrap();
+        let version = json["version"].as_u64().unwrap();
+        assert_eq!(env.event.kind(), kind);
+        let schema = schema_for(kind, version);
+        assert!(
+            schema.is_valid(&json),
+            "{} fails its schema",
+            path.display()
+        );
+        if version == 1 {
+            let again: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
+            assert_eq!(again, json, "{} does not round-trip", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= TYPES.len());
+}
+
+#[test]
+fn the_schemas_reject_what_they_must() {
+    let mut issued = read_json(&events_dir().join("fixtures/token_issued.v1.json"));
+    issued["data"]["token"] = "snpt_plaintext".into();
+    assert!(
+        !schema_for("token_issued", 1).is_valid(&issued),
+        "no extra fields"
+    );
+    let mut user = read_json(&events_dir().join("fixtures/user_registered.v1.json"));
+    user["data"]["password_hash"] = "hunter2".into();
+    assert!(
+        !schema_for("user_registered", 1).is_valid(&user),
+        "only argon2id"
+    );
+}
+
+#[test]
+fn an_unknown_version_or_type_is_an_error_naming_the_seq() {
+    let mut json = read_json(&events_dir().join("fixtures/token_revoked.v1.json"));
+    json["seq"] = 77.into();
+    json["version"] = 9.into();
+    let err = Envelope::decode(&serde_json::to_vec(&json).unwrap(), 77).unwrap_err();
+    assert!(matches!(
+        err,
+        DecodeError::UnknownVersion {
+            seq: 77,
+            version: 9,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("seq 77"));
+    json["version"] = 1.into();
+    json["type"] = "token_exploded".into();
+    let err = Envelope::decode(&serde_json::to_vec(&json).unwrap(), 77).unwrap_err();
+    assert!(matches!(err, DecodeError::UnknownType { seq: 77, .. }));
+    let err = Envelope::decode(b"{not json", 12).unwrap_err();
+    assert!(err.to_string().contains("seq 12"), "{err}");
+    json["type"] = "token_revoked".into();
+    json["data"]["reason"] = 5.into();
+    let err = Envelope::decode(&serde_json::to_vec(&json).unwrap(), 77).unwrap_err();
+    assert!(matches!(err, DecodeError::Data { seq: 77, .. }), "{err}");
+}
+
+#[test]
+fn upcasters_run_in_order_on_raw_json_and_a_missing_step_is_an_error() {
+    // A hypothetical history: token_issued v1 had `label`, v2 renamed it to `name`, v3 added
+    // `expires_at`. The chain must take v1 data to v3.
+    let ups = Upcasters::default()
+        .with("token_issued", 1, |mut v| {
+            let label = v["label"].take();
+            let obj = v.as_object_mut().ok_or("not an object")?;
+            obj.remove("label");
+            obj.insert("name".into(), label);
+            Ok(v)
+        })
+        .with("token_issued", 2, |mut v| {
+            v["expires_at"] = serde_json::Value::Null;
+            Ok(v)
+        });
+    let v1 = serde_json::json!({"label": "ci"});
+    let v3 = ups.upcast("token_issued", 1, 3, v1.clone()).unwrap();
+    assert_eq!(v3, serde_json::json!({"name": "ci", "expires_at": null}));
+    assert!(ups.upcast("token_revoked", 1, 2, v1).is_err());
+}
