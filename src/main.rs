@@ -85,6 +85,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -108,6 +109,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         let app = Application::build(settings)
             .await
             .map_err(|e| e.to_string())?;
+        app.stop_on_signals().map_err(|e| e.to_string())?;
         if let Some(demo) = &app.demo {
             match &demo.password {
                 Some(p) => println!("demo user created: email {} password {p}", demo.email),

@@ -291,7 +291,11 @@ impl Application {
             addr: addr.to_string(),
             reason: e.to_string(),
         };
-        let server = HttpServer::new(factory).shutdown_timeout(10);
+        // Signals are ours to handle (see `stop_on_signals`), so that they are registered
+        // before `serve` announces that it listens.
+        let server = HttpServer::new(factory)
+            .shutdown_timeout(10)
+            .disable_signals();
         let is_tls = tls.is_some();
         let server = match tls {
             Some(cfg) => server.listen_rustls_0_23(listener, cfg),
@@ -322,6 +326,24 @@ impl Application {
     /// A handle to stop the server (tests; the binary stops on SIGTERM/SIGINT).
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
+    }
+
+    /// Installs SIGTERM and SIGINT handlers now (synchronously) that stop the server
+    /// gracefully: stop accepting, finish in-flight requests, then `run_until_stopped`
+    /// flushes and returns.
+    pub fn stop_on_signals(&self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let handle = self.server.handle();
+        actix_web::rt::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+            handle.stop(true).await;
+        });
+        Ok(())
     }
 
     /// Serves until stopped, then flushes usage and the log.

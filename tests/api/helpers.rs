@@ -1,0 +1,391 @@
+//! `spawn_app()`: starts the real `snaptrack-auth` binary on port 0 with its own data
+//! directory and admin token, and a `TestApp` with a method per endpoint. Everything the
+//! process writes to stdout and stderr is kept, so tests can search it for secrets.
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_snaptrack-auth");
+
+pub struct TestApp {
+    pub url: String,
+    pub admin_token: String,
+    pub dir: Arc<tempfile::TempDir>,
+    pub client: Client,
+    child: Option<Child>,
+    output: Arc<Mutex<Vec<String>>>,
+    config: Option<String>,
+    extra_env: Vec<(String, String)>,
+}
+
+/// Options for [`spawn_app_with`].
+#[derive(Default, Clone)]
+pub struct Opts {
+    /// Contents of a config.toml to pass with `--config`.
+    pub config: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Start without SNAPTRACK_ADMIN_TOKEN.
+    pub no_admin: bool,
+    /// Files to write into the app's directory before it starts (name, contents).
+    pub files: Vec<(String, String)>,
+    /// The HTTP client to use (e.g. one that trusts a test certificate).
+    pub client: Option<Client>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Opts::default()).await
+}
+
+pub async fn spawn_app_with(opts: Opts) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    for (name, contents) in &opts.files {
+        std::fs::write(dir.path().join(name), contents).unwrap();
+    }
+    let admin_token = if opts.no_admin {
+        String::new()
+    } else {
+        format!("adm-{}", uuid::Uuid::new_v4())
+    };
+    let mut app = TestApp {
+        url: String::new(),
+        admin_token,
+        dir,
+        client: opts.client.clone().unwrap_or_else(|| {
+            Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap()
+        }),
+        child: None,
+        output: Arc::new(Mutex::new(Vec::new())),
+        config: opts.config,
+        extra_env: opts.env,
+    };
+    app.start(&[]).await;
+    app
+}
+
+/// Reads lines of a child's stream into `sink`; sends the listening URL once seen.
+fn pump(
+    stream: impl std::io::Read + Send + 'static,
+    sink: Arc<Mutex<Vec<String>>>,
+    tx: Option<std::sync::mpsc::Sender<String>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let (Some(tx), Some(url)) = (&tx, line.strip_prefix("listening on ")) {
+                let _ = tx.send(url.to_owned());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl TestApp {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the binary (again) on the same data directory, on a fresh port.
+    pub async fn start(&mut self, extra_args: &[&str]) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(self.data_dir())
+            .args(extra_args)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "trace")
+            .env_remove("SNAPTRACK_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(c) = &self.config {
+            let path = self.dir.path().join("config.toml");
+            std::fs::write(&path, c).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        if !self.admin_token.is_empty() {
+            cmd.env("SNAPTRACK_ADMIN_TOKEN", &self.admin_token);
+        }
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start snaptrack-auth");
+        let (tx, rx) = std::sync::mpsc::channel();
+        pump(child.stdout.take().unwrap(), self.output.clone(), Some(tx));
+        pump(child.stderr.take().unwrap(), self.output.clone(), None);
+        let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", self.output.lock().unwrap()));
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+
+    pub async fn restart(&mut self) {
+        let status = self.stop().await;
+        assert!(status.success(), "exit status {status:?}");
+        self.start(&[]).await;
+    }
+
+    /// Every line the process printed so far (stdout and stderr).
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    // ---- public API ----
+
+    pub async fn get_test(&self, token: &str) -> Response {
+        self.client
+            .get(format!("{}/test", self.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_with_auth(&self, path: &str, header: &[u8]) -> Response {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .header(
+                "Authorization",
+                reqwest::header::HeaderValue::from_bytes(header).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap()
+    }
+
+    // ---- admin API ----
+
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_token)
+    }
+
+    pub async fn post_user(&self, body: &Value) -> Response {
+        self.admin(reqwest::Method::POST, "/admin/users")
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a user and returns its id.
+    pub async fn create_user(&self, email: &str, tier: &str) -> u64 {
+        let r = self
+            .post_user(
+                &json!({"email": email, "name": "John Doe", "password": PASSWORD, "tier": tier}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json::<Value>().await.unwrap()["user"]["id"]
+            .as_u64()
+            .unwrap()
+    }
+
+    pub async fn post_token(&self, user: u64, body: &Value) -> Response {
+        self.admin(
+            reqwest::Method::POST,
+            &format!("/admin/users/{user}/tokens"),
+        )
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// Issues a token for `user`; returns (token, token_id).
+    pub async fn issue_token(&self, user: u64) -> (String, String) {
+        let r = self.post_token(user, &json!({"name": "ci"})).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await.unwrap();
+        (
+            v["token"].as_str().unwrap().to_owned(),
+            v["token_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// A user with a token, ready to call the API.
+    pub async fn user_with_token(&self, email: &str, tier: &str) -> (u64, String, String) {
+        let id = self.create_user(email, tier).await;
+        let (t, tid) = self.issue_token(id).await;
+        (id, t, tid)
+    }
+
+    pub async fn revoke_admin(&self, token_id: &str) -> Response {
+        self.admin(
+            reqwest::Method::DELETE,
+            &format!("/admin/tokens/{token_id}"),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn put_subscription(&self, user: u64, body: &Value) -> Response {
+        self.admin(
+            reqwest::Method::PUT,
+            &format!("/admin/users/{user}/subscription"),
+        )
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn get_user(&self, user: u64) -> Response {
+        self.admin(reqwest::Method::GET, &format!("/admin/users/{user}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    // ---- dashboard ----
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.client
+            .post(format!("{}/login", self.url))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs in and returns the `Cookie` header value.
+    pub async fn session(&self, email: &str) -> String {
+        let r = self.login(email, PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        session_cookie(&r).expect("session cookie")
+    }
+
+    pub fn dash(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        cookie: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .header("Cookie", cookie)
+    }
+
+    pub async fn list_tokens(&self, cookie: &str) -> Response {
+        self.dash(reqwest::Method::GET, "/dashboard/tokens", cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn generate(&self, cookie: &str, body: &Value) -> Response {
+        self.dash(reqwest::Method::POST, "/dashboard/tokens", cookie)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn revoke(&self, cookie: &str, id: &str) -> Response {
+        self.dash(
+            reqwest::Method::DELETE,
+            &format!("/dashboard/tokens/{id}"),
+            cookie,
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn regenerate(&self, cookie: &str, id: &str) -> Response {
+        self.dash(
+            reqwest::Method::POST,
+            &format!("/dashboard/tokens/{id}/regenerate"),
+            cookie,
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Runs `snaptrack-auth replay` on this app's data directory.
+    pub fn replay(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("replay")
+            .arg("--data")
+            .arg(self.data_dir())
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// `name=value` of the session cookie set by a response.
+pub fn session_cookie(r: &Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("snaptrack_session="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
+/// Every file under `dir`, read as bytes.
+pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+pub async fn body(r: Response) -> Value {
+    r.json().await.unwrap()
+}
