@@ -1,1 +1,217 @@
-fn main() {}
+//! Criterion benchmarks of the core: the verify path, replay, and durable appends.
+//!
+//! `cargo bench --bench core` (figures in the README). Replay builds a log of 1M token events
+//! once (a few seconds) before measuring.
+
+use actix_web::http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use chrono::Utc;
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use snaptrack_auth::bus::SledLog;
+use snaptrack_auth::domain::token::hash_if_well_formed;
+use snaptrack_auth::domain::{ApiToken, Tier, TokenHash, TokenId, UserId};
+use snaptrack_auth::event::{
+    Envelope, Event, RevokeReason, TokenIssued, TokenRevoked, UserRegistered,
+};
+use snaptrack_auth::http::auth::bearer_token;
+use snaptrack_auth::state::{State, TierTable};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BIG: TierTable = TierTable([
+    None,
+    Some((u32::MAX, 60)),
+    Some((u32::MAX, 60)),
+    Some((u32::MAX, 60)),
+]);
+
+fn user_event() -> Event {
+    Event::UserRegistered(UserRegistered {
+        user_id: UserId(1),
+        email: "bench@example.com".into(),
+        name: "Bench".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        tier: Tier::Business,
+    })
+}
+
+fn issued(hash: TokenHash, user: u64) -> Event {
+    Event::TokenIssued(TokenIssued {
+        token_id: TokenId::new(),
+        user_id: UserId(user),
+        name: "bench token".into(),
+        token_sha256: hash,
+        hint: "snpt_…abcd".into(),
+        expires_at: None,
+    })
+}
+
+fn envelope(seq: u64, event: Event) -> Envelope {
+    Envelope {
+        event_id: uuid::Uuid::new_v4(),
+        seq,
+        occurred_at: Utc::now(),
+        node_id: "n1".into(),
+        event,
+    }
+}
+
+/// A state with one business user and `n` tokens; returns it and one of the tokens.
+fn state_with_tokens(n: u64) -> (State, ApiToken) {
+    let state = State::new("n1");
+    state.apply(&envelope(1, user_event())).unwrap();
+    let token = ApiToken::generate();
+    state.apply(&envelope(2, issued(token.hash(), 1))).unwrap();
+    for i in 0..n.saturating_sub(1) {
+        let mut raw = [0u8; 32];
+        raw[..8].copy_from_slice(&i.to_le_bytes());
+        let hash = TokenHash::of(&format!("snpt_bench_{i}"));
+        state.apply(&envelope(3 + i, issued(hash, 1))).unwrap();
+    }
+    (state, token)
+}
+
+fn verify(c: &mut Criterion) {
+    let (state, token) = state_with_tokens(100_000);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {}", token.expose())).unwrap(),
+    );
+    let mut g = c.benchmark_group("verify");
+    g.bench_function("header_to_record", |b| {
+        b.iter(|| {
+            let t = bearer_token(black_box(&headers)).unwrap();
+            let hash = hash_if_well_formed(t).unwrap();
+            let tokens = state.tokens.pin();
+            *tokens.get(&hash).unwrap()
+        })
+    });
+    let now = Utc::now().timestamp();
+    g.bench_function("full_check_with_rate_limit", |b| {
+        b.iter(|| {
+            state
+                .verify(black_box(bearer_token(&headers).unwrap()), now, &BIG)
+                .unwrap()
+        })
+    });
+    let live = *state.tokens.pin().get(&token.hash()).unwrap();
+    g.bench_function("rate_limit_check_alone", |b| {
+        b.iter(|| {
+            state
+                .rate_limits
+                .try_admit(black_box(live.user_id), live.token_id, now, u32::MAX, 60)
+                .unwrap()
+        })
+    });
+    g.bench_function("garbage_rejected_by_checksum", |b| {
+        let garbage = format!("{}zzzzzz", &token.expose()[..45]);
+        b.iter(|| hash_if_well_formed(black_box(&garbage)).unwrap_err())
+    });
+    g.finish();
+}
+
+const REPLAY_EVENTS: u64 = 1_000_000;
+
+fn replay(c: &mut Criterion) {
+    // One log of 1M token_issued events (and the user), built once.
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(dir.path()).unwrap();
+    let now = Utc::now();
+    log.append(vec![user_event()], "n1", now).unwrap();
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..REPLAY_EVENTS - 1 {
+        batch.push(issued(TokenHash::of(&format!("snpt_bench_{i}")), 1));
+        if batch.len() == 10_000 {
+            log.append(std::mem::take(&mut batch), "n1", now).unwrap();
+            log.flush_blocking().unwrap();
+        }
+    }
+    log.append(batch, "n1", now).unwrap();
+    log.flush_blocking().unwrap();
+    let encoded: Vec<Vec<u8>> = log.iter_from(1).map(|e| e.unwrap().to_json()).collect();
+
+    let mut g = c.benchmark_group("replay");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(REPLAY_EVENTS));
+    g.bench_function("1M_events_from_sled_into_ready_index", |b| {
+        b.iter_batched(
+            || State::new("n1"),
+            |state| {
+                let n = log.replay_into(&state).unwrap();
+                assert_eq!(n, REPLAY_EVENTS);
+                state
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("1M_events_decode_and_apply_from_memory", |b| {
+        b.iter_batched(
+            || State::new("n1"),
+            |state| {
+                for (i, bytes) in encoded.iter().enumerate() {
+                    let env = Envelope::decode(bytes, i as u64 + 1).unwrap();
+                    state.apply(&env).unwrap();
+                }
+                state
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn append(c: &mut Criterion) {
+    const TASKS: u64 = 64;
+    const PER_TASK: u64 = 50;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(SledLog::open(dir.path()).unwrap());
+    let mut g = c.benchmark_group("append");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(TASKS * PER_TASK));
+    g.bench_function("durable_64_concurrent_appenders", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut tasks = Vec::new();
+                for t in 0..TASKS {
+                    let log = log.clone();
+                    tasks.push(tokio::spawn(async move {
+                        for _ in 0..PER_TASK {
+                            let e = Event::TokenRevoked(TokenRevoked {
+                                token_id: TokenId::new(),
+                                user_id: UserId(t + 1),
+                                reason: RevokeReason::Revoked,
+                            });
+                            let envs = log.append(vec![e], "n1", Utc::now()).unwrap();
+                            log.wait_durable(envs[0].seq).await.unwrap();
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            })
+        })
+    });
+    g.bench_function("durable_one_appender_at_a_time", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let e = Event::TokenRevoked(TokenRevoked {
+                    token_id: TokenId::new(),
+                    user_id: UserId(1),
+                    reason: RevokeReason::Revoked,
+                });
+                let envs = log.append(vec![e], "n1", Utc::now()).unwrap();
+                log.wait_durable(envs[0].seq).await.unwrap();
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, verify, replay, append);
+criterion_main!(benches);

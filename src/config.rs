@@ -61,6 +61,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub tls: Option<TlsSettings>,
     pub demo: bool,
+    /// HTTP worker threads; `None` means one per physical core.
+    pub workers: Option<usize>,
 }
 
 impl Default for Settings {
@@ -97,6 +99,7 @@ impl Default for Settings {
             max_body_bytes: 16 * 1024,
             tls: None,
             demo: false,
+            workers: None,
         }
     }
 }
@@ -111,6 +114,7 @@ struct FileConfig {
     usage_flush_ms: Option<u64>,
     session_ttl_secs: Option<u64>,
     max_body_bytes: Option<usize>,
+    workers: Option<usize>,
     #[serde(default)]
     tiers: FileTiers,
     #[serde(default)]
@@ -230,6 +234,9 @@ impl Settings {
             f.session_ttl_secs.map(Duration::from_secs),
         );
         set(&mut self.max_body_bytes, f.max_body_bytes);
+        if f.workers.is_some() {
+            self.workers = f.workers;
+        }
         let tiers = [f.tiers.free, f.tiers.starter, f.tiers.pro, f.tiers.business];
         for (slot, t) in self.tiers.iter_mut().zip(tiers) {
             if let Some(t) = t {
@@ -283,6 +290,9 @@ impl Settings {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return bad("node_id", "must be letters, digits, '-' or '_'");
+        }
+        if self.workers == Some(0) {
+            return bad("workers", "must be positive");
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes", "must be at least 1024");

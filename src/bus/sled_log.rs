@@ -17,6 +17,8 @@ pub enum LogError {
     Gap { expected: u64, found: u64 },
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error("event log write failed, refusing further appends: {0}")]
+    Failed(String),
 }
 
 /// The embedded event log.
@@ -25,28 +27,42 @@ pub enum LogError {
 /// each value is a CRC32 of the JSON envelope (4 bytes, little-endian) followed by the JSON.
 /// sled recovers a torn tail of its own files to a consistent prefix; the CRC and the
 /// contiguity check at replay catch anything else, and name the record.
+///
+/// Writing is a group commit: [`SledLog::append`] numbers and encodes events and queues them
+/// in memory; [`SledLog::wait_durable`] elects one leader at a time that writes everything
+/// queued to sled in one batch and flushes it, while later appends queue up for the next
+/// round. sled never sees an insert while it flushes, and N concurrent appends cost one
+/// batch and one flush.
 pub struct SledLog {
     db: sled::Db,
-    /// Last assigned sequence number. A std (parking_lot) mutex, not tokio's: it is held for
-    /// an in-memory sled insert only, never across an `.await`, so the order of keys written
-    /// is the order of sequence numbers handed out.
-    last_assigned: parking_lot::Mutex<u64>,
+    /// Sequence numbering and the queue of unwritten records. A std (parking_lot) mutex, not
+    /// tokio's: it is held to push or take a vector, never across an `.await` or any I/O.
+    queue: parking_lot::Mutex<Queue>,
     commit: GroupCommit,
 }
 
-/// Group commit: appenders that arrive while a flush runs wait for the next one, so N
-/// concurrent appends cost one or two flushes rather than N.
+struct Queue {
+    /// Last assigned sequence number.
+    last_assigned: u64,
+    /// Encoded records not yet handed to sled, in sequence order.
+    pending: Vec<(u64, Vec<u8>)>,
+}
+
+/// Who is flushing, and how far the log is durable.
 struct GroupCommit {
-    /// `durable` is the highest sequence number known flushed; `flushing` says a leader is
-    /// flushing now. A std mutex for the same reason as above.
+    /// A std mutex for the same reason as `queue`.
     state: parking_lot::Mutex<CommitState>,
     notify: tokio::sync::Notify,
     flushes: AtomicU64,
 }
 
 struct CommitState {
+    /// Highest sequence number written and flushed.
     durable: u64,
+    /// A leader is writing and flushing now.
     flushing: bool,
+    /// A write failed: the log no longer accepts appends (fail-stop, so no gap can follow).
+    failed: Option<String>,
 }
 
 fn key(seq: u64) -> [u8; 8] {
@@ -86,6 +102,19 @@ fn decode_record(seq: u64, value: &[u8]) -> Result<Envelope, LogError> {
     Ok(env)
 }
 
+/// Writes `records` in one sled batch and flushes. Blocking.
+fn write_and_flush(db: &sled::Db, records: Vec<(u64, Vec<u8>)>) -> Result<(), sled::Error> {
+    if !records.is_empty() {
+        let mut batch = sled::Batch::default();
+        for (seq, rec) in records {
+            batch.insert(&key(seq), rec);
+        }
+        db.apply_batch(batch)?;
+    }
+    db.flush()?;
+    Ok(())
+}
+
 impl SledLog {
     /// Opens (or creates) the log in `dir`.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
@@ -96,6 +125,9 @@ impl SledLog {
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let db = sled::Config::new()
             .path(dir.join("events"))
+            // We flush explicitly after every batch; sled's own periodic flusher would only
+            // compete with ours.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| open_err(e.to_string()))?;
         let last = match db.last().map_err(|e| open_err(e.to_string()))? {
@@ -110,11 +142,15 @@ impl SledLog {
         };
         Ok(SledLog {
             db,
-            last_assigned: parking_lot::Mutex::new(last),
+            queue: parking_lot::Mutex::new(Queue {
+                last_assigned: last,
+                pending: Vec::new(),
+            }),
             commit: GroupCommit {
                 state: parking_lot::Mutex::new(CommitState {
                     durable: last,
                     flushing: false,
+                    failed: None,
                 }),
                 notify: tokio::sync::Notify::new(),
                 flushes: AtomicU64::new(0),
@@ -122,9 +158,9 @@ impl SledLog {
         })
     }
 
-    /// The last sequence number written (not necessarily flushed yet).
+    /// The last sequence number assigned (not necessarily durable yet).
     pub fn last_seq(&self) -> u64 {
-        *self.last_assigned.lock()
+        self.queue.lock().last_assigned
     }
 
     /// How many flushes the log has made: with group commit, far fewer than appends.
@@ -132,37 +168,38 @@ impl SledLog {
         self.commit.flushes.load(Ordering::Relaxed)
     }
 
-    /// Wraps `events` in envelopes with the next sequence numbers and writes them in one
-    /// atomic batch. Not durable until [`SledLog::wait_durable`] returns for the last one.
+    /// Wraps `events` in envelopes with the next sequence numbers and queues them. Not
+    /// durable until [`SledLog::wait_durable`] returns for the last one. No I/O.
     pub fn append(
         &self,
         events: Vec<Event>,
         node_id: &str,
         at: DateTime<Utc>,
     ) -> Result<Vec<Envelope>, LogError> {
-        let mut last = self.last_assigned.lock();
+        if let Some(reason) = &self.commit.state.lock().failed {
+            return Err(LogError::Failed(reason.clone()));
+        }
+        let mut q = self.queue.lock();
         let envs: Vec<Envelope> = events
             .into_iter()
             .enumerate()
             .map(|(i, event)| Envelope {
                 event_id: Uuid::new_v4(),
-                seq: *last + 1 + i as u64,
+                seq: q.last_assigned + 1 + i as u64,
                 occurred_at: at,
                 node_id: node_id.to_owned(),
                 event,
             })
             .collect();
-        let mut batch = sled::Batch::default();
         for env in &envs {
-            batch.insert(&key(env.seq), encode_record(env));
+            q.pending.push((env.seq, encode_record(env)));
         }
-        self.db.apply_batch(batch)?;
-        *last += envs.len() as u64;
+        q.last_assigned += envs.len() as u64;
         Ok(envs)
     }
 
-    /// Returns once everything up to `seq` has been flushed. Concurrent callers share
-    /// flushes: one leader flushes, the rest wait for its result.
+    /// Returns once everything up to `seq` is written and flushed. Concurrent callers share
+    /// the work: one leader writes and flushes all that is queued, the rest wait for it.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), LogError> {
         loop {
             let notified = self.commit.notify.notified();
@@ -174,41 +211,49 @@ impl SledLog {
                 if st.durable >= seq {
                     return Ok(());
                 }
+                if let Some(reason) = &st.failed {
+                    return Err(LogError::Failed(reason.clone()));
+                }
                 !std::mem::replace(&mut st.flushing, true)
             };
             if !lead {
                 notified.await;
                 continue;
             }
-            let target = self.last_seq();
+            // Leader. Let appenders that are ready to run queue their events first, so this
+            // round covers them too.
+            tokio::task::yield_now().await;
+            let records = std::mem::take(&mut self.queue.lock().pending);
+            let target = records.last().map(|r| r.0);
             let db = self.db.clone();
-            let result = tokio::task::spawn_blocking(move || db.flush()).await;
+            let result = tokio::task::spawn_blocking(move || write_and_flush(&db, records))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
             self.commit.flushes.fetch_add(1, Ordering::Relaxed);
             {
                 let mut st = self.commit.state.lock();
                 st.flushing = false;
-                if matches!(result, Ok(Ok(_))) {
-                    st.durable = st.durable.max(target);
+                match &result {
+                    Ok(()) => st.durable = st.durable.max(target.unwrap_or(0)),
+                    Err(e) => st.failed = Some(e.clone()),
                 }
             }
             self.commit.notify.notify_waiters();
-            match result {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(LogError::Io(e)),
-                Err(e) => {
-                    return Err(LogError::Io(sled::Error::ReportableBug(format!(
-                        "flush task failed: {e}"
-                    ))))
-                }
+            if let Err(e) = result {
+                return Err(LogError::Failed(e));
             }
         }
     }
 
-    /// Flushes synchronously (start-up, shutdown, tools).
+    /// Writes and flushes everything queued, synchronously (shutdown, tools). Must not run
+    /// concurrently with `wait_durable`.
     pub fn flush_blocking(&self) -> Result<(), LogError> {
-        self.db.flush()?;
+        let records = std::mem::take(&mut self.queue.lock().pending);
+        let target = records.last().map(|r| r.0);
+        write_and_flush(&self.db, records)?;
         let mut st = self.commit.state.lock();
-        st.durable = st.durable.max(self.last_seq());
+        st.durable = st.durable.max(target.unwrap_or(0));
         Ok(())
     }
 

@@ -140,10 +140,37 @@ impl TokenHash {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
 
-    /// Parses 64 lowercase or uppercase hex digits.
-    pub fn parse(hex_str: &str) -> Result<Self, hex::FromHexError> {
+    /// Parses 64 lowercase or uppercase hex digits. Hand-rolled with a lookup table: replay
+    /// parses one of these per `token_issued` event.
+    pub fn parse(hex_str: &str) -> Result<Self, HashParseError> {
+        const fn table() -> [u8; 256] {
+            let mut t = [0xffu8; 256];
+            let mut i = 0;
+            while i < 10 {
+                t[b'0' as usize + i] = i as u8;
+                i += 1;
+            }
+            let mut i = 0;
+            while i < 6 {
+                t[b'a' as usize + i] = 10 + i as u8;
+                t[b'A' as usize + i] = 10 + i as u8;
+                i += 1;
+            }
+            t
+        }
+        static HEX: [u8; 256] = table();
+        let b = hex_str.as_bytes();
+        if b.len() != 64 {
+            return Err(HashParseError);
+        }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_str, &mut out)?;
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+            if (hi | lo) & 0xf0 != 0 {
+                return Err(HashParseError);
+            }
+            out[i] = hi << 4 | lo;
+        }
         Ok(TokenHash(out))
     }
 
@@ -171,10 +198,25 @@ impl serde::Serialize for TokenHash {
     }
 }
 
+/// A string that is not 64 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("expected a SHA-256 as 64 hex digits")]
+pub struct HashParseError;
+
 impl<'de> serde::Deserialize<'de> for TokenHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s: std::borrow::Cow<'de, str> = serde::Deserialize::deserialize(d)?;
-        TokenHash::parse(&s).map_err(serde::de::Error::custom)
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TokenHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SHA-256 as 64 hex digits")
+            }
+            // Borrowed or not, no allocation.
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TokenHash, E> {
+                TokenHash::parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 

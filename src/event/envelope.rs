@@ -96,7 +96,23 @@ impl Envelope {
 
     /// Decodes one envelope: raw envelope, then upcast `data` to the current version on raw
     /// JSON, then typed decoding.
+    ///
+    /// The common case (current version, `type` and `version` before `data`, as this binary
+    /// writes them) takes a single pass straight into the typed event. Anything else (an old
+    /// version, another key order, or any error) takes the general path, which also produces
+    /// the precise error.
     pub fn decode_with(
+        bytes: &[u8],
+        seq_hint: u64,
+        upcasters: &Upcasters,
+    ) -> Result<Envelope, DecodeError> {
+        if let Ok(env) = serde_json::from_slice::<FastEnvelope>(bytes) {
+            return Ok(env.0);
+        }
+        Self::decode_general(bytes, seq_hint, upcasters)
+    }
+
+    fn decode_general(
         bytes: &[u8],
         seq_hint: u64,
         upcasters: &Upcasters,
@@ -145,5 +161,181 @@ impl Envelope {
             node_id: raw.node_id,
             event,
         })
+    }
+}
+
+/// The single-pass decoding of a current-version envelope (see [`Envelope::decode_with`]).
+struct FastEnvelope(Envelope);
+
+impl<'de> Deserialize<'de> for FastEnvelope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FastVisitor)
+    }
+}
+
+struct FastVisitor;
+
+/// Decodes `data` of a known current-version type directly.
+struct DataSeed<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = Event;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
+        use super::*;
+        Ok(match self.0 {
+            "user_registered" => Event::UserRegistered(UserRegistered::deserialize(d)?),
+            "subscription_changed" => {
+                Event::SubscriptionChanged(SubscriptionChanged::deserialize(d)?)
+            }
+            "token_issued" => Event::TokenIssued(TokenIssued::deserialize(d)?),
+            "token_revoked" => Event::TokenRevoked(TokenRevoked::deserialize(d)?),
+            "usage_recorded" => Event::UsageRecorded(UsageRecorded::deserialize(d)?),
+            "login_succeeded" => Event::LoginSucceeded(LoginSucceeded::deserialize(d)?),
+            "login_failed" => Event::LoginFailed(LoginFailed::deserialize(d)?),
+            "session_ended" => Event::SessionEnded(SessionEnded::deserialize(d)?),
+            other => return Err(serde::de::Error::custom(format!("unknown type {other}"))),
+        })
+    }
+}
+
+/// `occurred_at`, parsed without chrono's general parser when it has the shape this binary
+/// writes (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`); anything else goes through RFC 3339 parsing.
+struct FastTime(DateTime<Utc>);
+
+impl<'de> Deserialize<'de> for FastTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = FastTime;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an RFC 3339 time")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FastTime, E> {
+                if let Some(t) = parse_utc_fast(s) {
+                    return Ok(FastTime(t));
+                }
+                DateTime::parse_from_rfc3339(s)
+                    .map(|t| FastTime(t.with_timezone(&Utc)))
+                    .map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn parse_utc_fast(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || *b.last()? != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let mut nanos = 0;
+    let rest = &b[19..b.len() - 1];
+    if !rest.is_empty() {
+        if rest[0] != b'.' || rest.len() < 2 || rest.len() > 10 {
+            return None;
+        }
+        let digits = num(20..b.len() - 1)?;
+        nanos = digits * 10u32.pow(10 - rest.len() as u32);
+    }
+    let time =
+        chrono::NaiveTime::from_hms_nano_opt(num(11..13)?, num(14..16)?, num(17..19)?, nanos)?;
+    Some(date.and_time(time).and_utc())
+}
+
+impl<'de> serde::de::Visitor<'de> for FastVisitor {
+    type Value = FastEnvelope;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event envelope")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FastEnvelope, A::Error> {
+        use serde::de::Error;
+        let mut event_id = None;
+        let mut seq = None;
+        let mut occurred_at = None;
+        let mut node_id = None;
+        let mut kind: Option<std::borrow::Cow<'de, str>> = None;
+        let mut version_ok = false;
+        let mut event = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "event_id" => event_id = Some(map.next_value::<Uuid>()?),
+                "seq" => seq = Some(map.next_value::<u64>()?),
+                "occurred_at" => occurred_at = Some(map.next_value::<FastTime>()?.0),
+                "node_id" => node_id = Some(map.next_value::<String>()?),
+                "type" => kind = Some(map.next_value::<std::borrow::Cow<'de, str>>()?),
+                "version" => {
+                    let v = map.next_value::<u32>()?;
+                    let current = kind.as_deref().and_then(Event::current_version);
+                    version_ok = current == Some(v);
+                }
+                "data" => match (&kind, version_ok) {
+                    (Some(k), true) => event = Some(map.next_value_seed(DataSeed(k))?),
+                    _ => return Err(A::Error::custom("not the fast path")),
+                },
+                _ => return Err(A::Error::custom("unknown field")),
+            }
+        }
+        match (event_id, seq, occurred_at, node_id, event) {
+            (Some(event_id), Some(seq), Some(occurred_at), Some(node_id), Some(event)) => {
+                Ok(FastEnvelope(Envelope {
+                    event_id,
+                    seq,
+                    occurred_at,
+                    node_id,
+                    event,
+                }))
+            }
+            _ => Err(A::Error::custom("missing field")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_time_parser_agrees_with_chrono() {
+        for s in [
+            "2024-01-27T16:00:00Z",
+            "2024-01-27T16:00:00.5Z",
+            "2026-11-30T07:15:28.213959698Z",
+            "2000-02-29T23:59:59.000001Z",
+        ] {
+            let chrono = DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+            assert_eq!(parse_utc_fast(s), Some(chrono), "{s}");
+        }
+        for s in [
+            "2024-02-30T00:00:00Z",
+            "2024-01-27T16:00:00+01:00",
+            "2024-01-27 16:00:00Z",
+            "2024-01-27T16:00:00.Z",
+        ] {
+            assert_eq!(parse_utc_fast(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn fast_and_general_paths_decode_the_same() {
+        let json = br#"{"event_id":"00000000-0000-4000-8000-000000000003","seq":3,"occurred_at":"2024-01-27T16:00:00.25Z","node_id":"n1","type":"token_revoked","version":1,"data":{"token_id":"6f1c1a52-5d8e-4a3c-9a53-2f3c8f0b9e11","user_id":1,"reason":"revoked"}}"#;
+        let fast = serde_json::from_slice::<FastEnvelope>(json).unwrap().0;
+        let general = Envelope::decode_general(json, 3, &Upcasters::builtin()).unwrap();
+        assert_eq!(fast, general);
+        // Data before type: the general path still decodes it.
+        let reordered = br#"{"data":{"token_id":"6f1c1a52-5d8e-4a3c-9a53-2f3c8f0b9e11","user_id":1,"reason":"revoked"},"event_id":"00000000-0000-4000-8000-000000000003","seq":3,"occurred_at":"2024-01-27T16:00:00.25Z","node_id":"n1","type":"token_revoked","version":1}"#;
+        assert!(serde_json::from_slice::<FastEnvelope>(reordered).is_err());
+        assert_eq!(Envelope::decode(reordered, 3).unwrap(), general);
     }
 }

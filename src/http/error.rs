@@ -122,7 +122,7 @@ impl ApiError {
                 info.retry_after(now).to_string(),
             );
         for (k, v) in rate_headers(&info, now) {
-            e = e.header(k, v);
+            e = e.header(k, v.to_str().unwrap_or_default().to_owned());
         }
         e
     }
@@ -149,29 +149,37 @@ impl ApiError {
 }
 
 /// The rate-limit headers of every authenticated response: the product's `X-RateLimit-*`
-/// and the IETF draft's `RateLimit-Policy` / `RateLimit` fields.
-pub fn rate_headers(info: &RateInfo, now: i64) -> [(HeaderName, String); 5] {
+/// and the IETF draft's `RateLimit-Policy` / `RateLimit` fields. Numbers go straight into
+/// header values (no intermediate strings): this runs on every API request.
+pub fn rate_headers(info: &RateInfo, now: i64) -> [(HeaderName, HeaderValue); 5] {
     let until_reset = (info.reset - now).max(0);
+    let text = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
     [
         (
             HeaderName::from_static("x-ratelimit-limit"),
-            info.limit.to_string(),
+            HeaderValue::from(info.limit),
         ),
         (
             HeaderName::from_static("x-ratelimit-remaining"),
-            info.remaining.to_string(),
+            HeaderValue::from(info.remaining),
         ),
         (
             HeaderName::from_static("x-ratelimit-reset"),
-            info.reset.to_string(),
+            HeaderValue::from(info.reset),
         ),
         (
             HeaderName::from_static("ratelimit-policy"),
-            format!("\"default\";q={};w={}", info.limit, info.window_secs),
+            text(format!(
+                "\"default\";q={};w={}",
+                info.limit, info.window_secs
+            )),
         ),
         (
             HeaderName::from_static("ratelimit"),
-            format!("\"default\";r={};t={}", info.remaining, until_reset),
+            text(format!(
+                "\"default\";r={};t={}",
+                info.remaining, until_reset
+            )),
         ),
     ]
 }

@@ -293,9 +293,12 @@ impl Application {
         };
         // Signals are ours to handle (see `stop_on_signals`), so that they are registered
         // before `serve` announces that it listens.
-        let server = HttpServer::new(factory)
+        let mut server = HttpServer::new(factory)
             .shutdown_timeout(10)
             .disable_signals();
+        if let Some(n) = settings.workers {
+            server = server.workers(n);
+        }
         let is_tls = tls.is_some();
         let server = match tls {
             Some(cfg) => server.listen_rustls_0_23(listener, cfg),

@@ -4,7 +4,6 @@
 use super::auth::Caller;
 use super::error::rate_headers;
 use actix_web::{HttpResponse, HttpResponseBuilder};
-use chrono::Utc;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -37,7 +36,7 @@ impl<'a> UserBody<'a> {
 
 fn ok_with_rate(caller: &Caller) -> HttpResponseBuilder {
     let mut r = HttpResponse::Ok();
-    for h in rate_headers(&caller.0.rate, Utc::now().timestamp()) {
+    for h in rate_headers(&caller.0.rate, caller.0.at) {
         r.insert_header(h);
     }
     r

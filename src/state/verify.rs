@@ -23,6 +23,8 @@ pub struct Verified {
     pub user: Arc<UserView>,
     pub token_id: TokenId,
     pub rate: RateInfo,
+    /// The time of the check, epoch seconds.
+    pub at: i64,
 }
 
 /// Why a request is refused, in the order the checks run.
@@ -82,6 +84,7 @@ impl State {
             user,
             token_id: live.token_id,
             rate,
+            at: now,
         })
     }
 }

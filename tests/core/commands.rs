@@ -161,9 +161,13 @@ fn no_event_ever_carries_the_token() {
     let t = ApiToken::generate();
     let (_, cmd) = issue(1, &t);
     given(&core, vec![register("a@example.com", Tier::Pro), cmd]);
+    core.log.flush_blocking().unwrap();
+    let mut n = 0;
     for env in core.log.iter_from(1) {
+        n += 1;
         let json = String::from_utf8(env.unwrap().to_json()).unwrap();
         assert!(!json.contains(t.expose()));
         assert!(!json.contains(&t.expose()[5..45]));
     }
+    assert_eq!(n, 2);
 }

@@ -71,6 +71,7 @@ fn damaged(f: impl FnOnce(&SledLog)) -> LogError {
     for i in 0..5 {
         core.log.append(vec![event(i)], "n1", now).unwrap();
     }
+    core.log.flush_blocking().unwrap();
     f(&core.log);
     core.log.flush_blocking().unwrap();
     let dir = core.dir;

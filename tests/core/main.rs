@@ -42,6 +42,7 @@ impl Core {
 
     /// A fresh state rebuilt from this log.
     pub fn replayed(&self) -> State {
+        self.log.flush_blocking().unwrap();
         let s = State::new("n1");
         self.log.replay_into(&s).unwrap();
         s
