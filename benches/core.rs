@@ -17,6 +17,10 @@ use snaptrack_auth::state::{State, TierTable};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The same allocator as the binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BIG: TierTable = TierTable([
     None,
     Some((u32::MAX, 60)),

@@ -312,7 +312,7 @@ impl SledLog {
         let mut n = 0;
         for env in self.iter_from(state.applied_seq() + 1) {
             let env = env?;
-            state.apply(&env).map_err(|e| LogError::Gap {
+            state.apply_owned(env).map_err(|e| LogError::Gap {
                 expected: e.expected,
                 found: e.found,
             })?;

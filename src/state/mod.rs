@@ -14,7 +14,7 @@ mod verify;
 pub use ratelimit::{RateInfo, RateLimits};
 pub use verify::{Denied, TierTable, Verified};
 
-use crate::domain::{Subscription, TokenHash, TokenId, UserId};
+use crate::domain::{RandomKeys, Subscription, TokenHash, TokenId, UserId};
 use crate::event::{Envelope, Event};
 use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
@@ -72,7 +72,7 @@ pub struct Directory {
     pub emails: HashMap<String, UserId>,
     pub password_hashes: HashMap<UserId, String>,
     pub tokens_by_user: HashMap<UserId, Vec<TokenId>>,
-    pub token_records: HashMap<TokenId, TokenRecord>,
+    pub token_records: HashMap<TokenId, TokenRecord, RandomKeys>,
     pub last_user_id: u64,
 }
 
@@ -88,12 +88,12 @@ pub struct ApplyError {
 pub struct State {
     /// Token hash → live token. Revoked tokens are removed; expired ones stay and fail the
     /// expiry check.
-    pub tokens: papaya::HashMap<TokenHash, LiveToken>,
+    pub tokens: papaya::HashMap<TokenHash, LiveToken, RandomKeys>,
     /// User id → profile and plan. Replaced whole (an `Arc`) when the plan changes.
     pub users: papaya::HashMap<UserId, Arc<UserView>>,
     pub rate_limits: RateLimits,
     /// Session hash → session.
-    pub sessions: papaya::HashMap<TokenHash, Session>,
+    pub sessions: papaya::HashMap<TokenHash, Session, RandomKeys>,
     directory: RwLock<Directory>,
     applied_seq: AtomicU64,
     /// This node's id: its own `usage_recorded` events settle its in-flight counts.
@@ -103,10 +103,10 @@ pub struct State {
 impl State {
     pub fn new(local_node: &str) -> Self {
         State {
-            tokens: papaya::HashMap::new(),
+            tokens: papaya::HashMap::builder().hasher(RandomKeys).build(),
             users: papaya::HashMap::new(),
             rate_limits: RateLimits::default(),
-            sessions: papaya::HashMap::new(),
+            sessions: papaya::HashMap::builder().hasher(RandomKeys).build(),
             directory: RwLock::new(Directory::default()),
             applied_seq: AtomicU64::new(0),
             local_node: local_node.to_owned(),
@@ -121,28 +121,44 @@ impl State {
     /// Folds one event into every projection. Events must come in sequence order without
     /// gaps. Only one thread applies (the writer or the replicator); readers run concurrently.
     pub fn apply(&self, env: &Envelope) -> Result<(), ApplyError> {
+        self.apply_event(env.seq, env.occurred_at, &env.node_id, env.event.clone())
+    }
+
+    /// As [`State::apply`], consuming the envelope: replay moves strings into the
+    /// projections instead of copying them.
+    pub fn apply_owned(&self, env: Envelope) -> Result<(), ApplyError> {
+        self.apply_event(env.seq, env.occurred_at, &env.node_id, env.event)
+    }
+
+    fn apply_event(
+        &self,
+        seq: u64,
+        occurred_at: DateTime<Utc>,
+        node_id: &str,
+        event: Event,
+    ) -> Result<(), ApplyError> {
         let expected = self.applied_seq() + 1;
-        if env.seq != expected {
+        if seq != expected {
             return Err(ApplyError {
                 expected,
-                found: env.seq,
+                found: seq,
             });
         }
-        match &env.event {
+        match event {
             Event::UserRegistered(e) => {
                 self.users.pin().insert(
                     e.user_id,
                     Arc::new(UserView {
                         id: e.user_id,
-                        name: e.name.clone(),
+                        name: e.name,
                         email: e.email.clone(),
                         subscription: Subscription::active(e.tier),
-                        created_at: env.occurred_at,
+                        created_at: occurred_at,
                     }),
                 );
                 let mut d = self.directory.write();
-                d.emails.insert(e.email.clone(), e.user_id);
-                d.password_hashes.insert(e.user_id, e.password_hash.clone());
+                d.emails.insert(e.email, e.user_id);
+                d.password_hashes.insert(e.user_id, e.password_hash);
                 d.last_user_id = d.last_user_id.max(e.user_id.0);
             }
             Event::SubscriptionChanged(e) => {
@@ -172,10 +188,10 @@ impl State {
                     TokenRecord {
                         id: e.token_id,
                         user_id: e.user_id,
-                        name: e.name.clone(),
-                        hint: e.hint.clone(),
+                        name: e.name,
+                        hint: e.hint,
                         hash: e.token_sha256,
-                        created_at: env.occurred_at,
+                        created_at: occurred_at,
                         last_used_at: None,
                         expires_at: e.expires_at,
                         revoked_at: None,
@@ -187,13 +203,13 @@ impl State {
                 let mut d = self.directory.write();
                 if let Some(rec) = d.token_records.get_mut(&e.token_id) {
                     if rec.revoked_at.is_none() {
-                        rec.revoked_at = Some(env.occurred_at);
+                        rec.revoked_at = Some(occurred_at);
                     }
                     self.tokens.pin().remove(&rec.hash);
                 }
             }
             Event::UsageRecorded(e) => {
-                self.rate_limits.apply(e, env.node_id == self.local_node);
+                self.rate_limits.apply(&e, node_id == self.local_node);
                 if !e.tokens.is_empty() {
                     let mut d = self.directory.write();
                     for t in &e.tokens {
@@ -218,7 +234,7 @@ impl State {
                 self.sessions.pin().remove(&e.session_sha256);
             }
         }
-        self.applied_seq.store(env.seq, Ordering::Release);
+        self.applied_seq.store(seq, Ordering::Release);
         Ok(())
     }
 
