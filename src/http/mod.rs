@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod ops;
+pub mod pages;
 pub mod public;
 pub mod throttle;
 pub mod tokens;
@@ -118,7 +119,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }
     cfg.service(resource("/test").route(web::get().to(public::test)))
         .service(resource("/auth").route(web::get().to(public::forward_auth)))
-        .service(resource("/login").route(web::post().to(dashboard::login)))
+        .service(
+            resource("/login")
+                .route(web::get().to(pages::login_page))
+                .route(web::post().to(dashboard::login)),
+        )
+        .service(resource("/settings/api-keys").route(web::get().to(pages::api_keys_page)))
+        .service(resource("/assets/{name}").route(web::get().to(pages::asset)))
         .service(resource("/logout").route(web::post().to(dashboard::logout)))
         .service(
             resource("/dashboard/tokens")

@@ -1,10 +1,13 @@
 //! Black-box tests: each starts the real `snaptrack-auth` binary on port 0 and talks HTTP.
 
 mod admin;
+mod browser;
 mod cli;
 mod dashboard;
 mod helpers;
 mod ops;
+mod pages;
 mod public;
+mod ratelimit;
 mod secrets;
 mod tls;

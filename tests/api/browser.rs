@@ -1,0 +1,251 @@
+//! The dashboard in a real browser: headless Chromium driven over WebDriver (chromedriver,
+//! fantoccini). Log in, generate a token, read it from the page, use it over HTTP, revoke it
+//! in the page with the confirmation, see the 401, reload and see it revoked. Saves a
+//! screenshot of the API Keys page to `target/screenshots/api-keys.png`
+//! (`scripts/screenshot` copies it to `docs/api-keys.png` for the README).
+
+use crate::helpers::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::StatusCode;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn browser() -> Browser {
+    let port = free_port();
+    let driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(
+            "chromedriver (Debian package chromium-driver) must be installed: .ci/run installs it",
+        );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,1100",
+                format!("--user-data-dir={}", profile.path().display()),
+            ]
+        }),
+    );
+    // fantoccini's TLS stack and ours bring two crypto providers; pick one for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = ClientBuilder::rustls()
+        .expect("TLS roots")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect to chromedriver");
+    Browser {
+        client,
+        driver,
+        _profile: profile,
+    }
+}
+
+/// Waits until `f` holds, polling the page (the page changes after a fetch completes).
+async fn until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    match c.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn path(c: &Client) -> String {
+    c.current_url().await.unwrap().path().to_owned()
+}
+
+#[tokio::test]
+async fn log_in_generate_use_revoke_in_a_real_browser() {
+    let app = spawn_app().await;
+    app.create_user("john@example.com", "pro").await;
+    let b = browser().await;
+    let c = &b.client;
+
+    // Logged out, the API keys page sends you to the login page.
+    c.goto(&format!("{}/settings/api-keys", app.url))
+        .await
+        .unwrap();
+    assert_eq!(path(c).await, "/login");
+
+    // A wrong password shows the message.
+    c.find(Locator::Css("#email"))
+        .await
+        .unwrap()
+        .send_keys("john@example.com")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys("wrong password")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#login-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the login error", || async {
+        text(c, "#login-error").await == "Invalid email or password."
+    })
+    .await;
+
+    // The right one goes to Settings → API Keys.
+    let pw = c.find(Locator::Css("#password")).await.unwrap();
+    pw.clear().await.unwrap();
+    pw.send_keys(PASSWORD).await.unwrap();
+    c.find(Locator::Css("#login-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the API keys page", || async {
+        path(c).await == "/settings/api-keys"
+    })
+    .await;
+    assert_eq!(text(c, "#plan").await.to_lowercase(), "pro");
+    until("the empty list", || async {
+        text(c, "#tokens-body").await.contains("No API tokens yet")
+    })
+    .await;
+
+    // Generate API Token: shown once, with a Copy button and the warning.
+    c.find(Locator::Css("#token-name"))
+        .await
+        .unwrap()
+        .send_keys("laptop")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#generate"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the new token", || async {
+        text(c, "#new-token").await.starts_with("snpt_")
+    })
+    .await;
+    let token = text(c, "#new-token").await;
+    assert_eq!(token.len(), 51);
+    assert!(text(c, "#once")
+        .await
+        .contains("won't be able to see it again"));
+    assert!(c.find(Locator::Css("#copy")).await.is_ok());
+    until("the token in the list", || async {
+        text(c, "#tokens-body").await.contains("laptop")
+    })
+    .await;
+    let png = c.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("api-keys.png"), &png).unwrap();
+
+    // The token works over HTTP.
+    assert_eq!(app.get_test(&token).await.status(), StatusCode::OK);
+
+    // Revoke Token, confirm in the dialog.
+    c.find(Locator::Css("button.revoke"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the confirmation", || async {
+        text(c, "#revoke-dialog")
+            .await
+            .contains("Revoke this token?")
+    })
+    .await;
+    c.find(Locator::Css("#revoke-confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the revoked status", || async {
+        text(c, "#tokens-body")
+            .await
+            .to_lowercase()
+            .contains("revoked")
+    })
+    .await;
+    assert_eq!(
+        app.get_test(&token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Reload: the token is gone from the page for good; the list shows it revoked.
+    c.refresh().await.unwrap();
+    until("the list after reload", || async {
+        text(c, "#tokens-body")
+            .await
+            .to_lowercase()
+            .contains("revoked")
+    })
+    .await;
+    let source = c.source().await.unwrap();
+    assert!(!source.contains(&token), "the token is never shown again");
+    assert!(!source.contains(&token[5..45]));
+
+    // Log out: the page is closed again.
+    c.find(Locator::Css("#logout"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the login page", || async { path(c).await == "/login" }).await;
+    c.goto(&format!("{}/settings/api-keys", app.url))
+        .await
+        .unwrap();
+    assert_eq!(path(c).await, "/login");
+    b.client.clone().close().await.unwrap();
+}
