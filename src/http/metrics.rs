@@ -41,20 +41,51 @@ impl Histogram {
     }
 }
 
-#[derive(Default)]
+/// Counters for one route, indexed by status code − 100: no hashing, no allocation.
+struct RouteCounters {
+    route: &'static str,
+    by_status: Box<[AtomicU64]>,
+}
+
 pub struct Metrics {
-    /// (route pattern, status) → count.
-    requests: papaya::HashMap<(String, u16), AtomicU64>,
+    /// One entry per route pattern, plus "unmatched" last. Found by a short linear scan of
+    /// the matched resource's name (the hot routes come first).
+    requests: Vec<RouteCounters>,
     pub verify_latency: Histogram,
     /// Revoke call received → applied on every node that acknowledged it.
     pub revocation_propagation: Histogram,
 }
 
 impl Metrics {
-    pub fn count_request(&self, route: String, status: u16) {
-        let map = self.requests.pin();
-        map.get_or_insert_with((route, status), || AtomicU64::new(0))
-            .fetch_add(1, Ordering::Relaxed);
+    /// Counters for these route patterns (and "unmatched").
+    pub fn new(routes: &[&'static str]) -> Self {
+        let requests = routes
+            .iter()
+            .chain(std::iter::once(&"unmatched"))
+            .map(|r| RouteCounters {
+                route: r,
+                by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            })
+            .collect();
+        Metrics {
+            requests,
+            verify_latency: Histogram::default(),
+            revocation_propagation: Histogram::default(),
+        }
+    }
+
+    /// Counts a response of `route` (the matched resource's name, which is its pattern).
+    pub fn count_request(&self, route: Option<&str>, status: u16) {
+        let last = self.requests.len() - 1;
+        let i = route
+            .and_then(|r| self.requests[..last].iter().position(|c| c.route == r))
+            .unwrap_or(last);
+        if let Some(n) = self.requests[i]
+            .by_status
+            .get(usize::from(status).wrapping_sub(100))
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The exposition text. `gauges` are (name, help, value) read at scrape time.
@@ -62,18 +93,18 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP snaptrack_http_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE snaptrack_http_requests_total counter\n");
-        let map = self.requests.pin();
-        let mut rows: Vec<_> = map
-            .iter()
-            .map(|((r, s), n)| (r.clone(), *s, n.load(Ordering::Relaxed)))
-            .collect();
-        rows.sort();
-        for (route, status, n) in rows {
-            let route = route.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(
-                out,
-                "snaptrack_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+        for c in &self.requests {
+            for (i, n) in c.by_status.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let (route, status) = (c.route, i + 100);
+                let _ = writeln!(
+                    out,
+                    "snaptrack_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
         self.verify_latency.render(
             "snaptrack_verify_duration_seconds",

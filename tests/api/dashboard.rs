@@ -226,3 +226,32 @@ async fn failed_logins_are_throttled_per_address() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn sessions_expire() {
+    let config = "session_ttl_secs = 1\n";
+    let app = spawn_app_with(Opts {
+        config: Some(config.into()),
+        ..Default::default()
+    })
+    .await;
+    app.create_user("john@example.com", "pro").await;
+    let r = app.login("john@example.com", PASSWORD).await;
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.contains("Max-Age=1"), "{set}");
+    let c = session_cookie(&r).unwrap();
+    assert_eq!(app.list_tokens(&c).await.status(), StatusCode::OK);
+    // Wait out the configured lifetime (the session's own end, not a guess).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(app.list_tokens(&c).await.status(), StatusCode::UNAUTHORIZED);
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/settings/api-keys", app.url))
+        .header("Cookie", &c)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+}

@@ -12,6 +12,7 @@ async fn health_readiness_and_metrics() {
     let (_, token, _) = app.user_with_token("a@example.com", "pro").await;
     app.get_test(&token).await;
     app.get_test("nope").await;
+    app.get("/no/such/route").await;
     let r = app.get("/metrics").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers()["content-type"]
@@ -23,6 +24,8 @@ async fn health_readiness_and_metrics() {
         "snaptrack_http_requests_total{route=\"/test\",status=\"200\"} 1",
         "snaptrack_http_requests_total{route=\"/test\",status=\"401\"} 1",
         "snaptrack_verify_duration_seconds_count 2",
+        "snaptrack_http_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        "snaptrack_http_requests_total{route=\"/admin/users/{id}/tokens\",status=\"201\"} 1",
         "snaptrack_replication_lag_events 0",
         "snaptrack_live_tokens 1",
         "# TYPE snaptrack_revocation_propagation_seconds histogram",
