@@ -44,8 +44,8 @@ pub struct TlsSettings {
     pub key: PathBuf,
 }
 
-/// Everything `serve` needs.
-#[derive(Debug, Clone)]
+/// Everything `serve` needs. `Debug` is written by hand to keep the admin token out of it.
+#[derive(Clone)]
 pub struct Settings {
     pub listen: String,
     pub data: PathBuf,
@@ -63,6 +63,29 @@ pub struct Settings {
     pub demo: bool,
     /// HTTP worker threads; `None` means one per physical core.
     pub workers: Option<usize>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("data", &self.data)
+            .field("nats", &self.nats)
+            .field("node_id", &self.node_id)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tiers", &self.tiers)
+            .field("throttle", &self.throttle)
+            .field("usage_flush", &self.usage_flush)
+            .field("session_ttl", &self.session_ttl)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("tls", &self.tls)
+            .field("demo", &self.demo)
+            .field("workers", &self.workers)
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -360,6 +383,18 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:3");
         assert_eq!(s.node_id, "env");
         assert_eq!(s.data, PathBuf::from("/f"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_admin_token() {
+        let s = load(
+            "",
+            &[("SNAPTRACK_ADMIN_TOKEN", "super-secret-admin")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.admin_token.as_deref(), Some("super-secret-admin"));
+        assert!(!format!("{s:?}").contains("super-secret-admin"));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum ReplayError {
     Log(#[from] LogError),
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    #[error("the copy of the log is inconsistent (taken mid-write); try again")]
+    Inconsistent,
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -50,16 +52,31 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Copies the log of `data` to a temporary directory and opens the copy.
+/// Copies the log of `data` to a temporary directory and opens the copy. A copy taken while
+/// the server writes may catch its files at different moments; such a copy is retried a few
+/// times, and a failure (even a panic inside sled) is an error, never a crash.
 fn open_copy(data: &Path) -> Result<(tempfile::TempDir, SledLog), ReplayError> {
     let events = data.join("events");
     if !events.is_dir() {
         return Err(ReplayError::NoLog(data.display().to_string()));
     }
-    let tmp = tempfile::tempdir().map_err(ReplayError::Copy)?;
-    copy_dir(&events, &tmp.path().join("events")).map_err(ReplayError::Copy)?;
-    let log = SledLog::open(tmp.path())?;
-    Ok((tmp, log))
+    let mut last_err = None;
+    for _ in 0..3 {
+        let tmp = tempfile::tempdir().map_err(ReplayError::Copy)?;
+        copy_dir(&events, &tmp.path().join("events")).map_err(ReplayError::Copy)?;
+        let path = tmp.path().to_owned();
+        // Silence the default hook: a panic here becomes an error line, not a trace.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(move || SledLog::open(&path));
+        std::panic::set_hook(hook);
+        match opened {
+            Ok(Ok(log)) => return Ok((tmp, log)),
+            Ok(Err(e)) => last_err = Some(ReplayError::Log(e)),
+            Err(_) => last_err = Some(ReplayError::Inconsistent),
+        }
+    }
+    Err(last_err.unwrap_or(ReplayError::Inconsistent))
 }
 
 /// Runs the replay over the log in `data`, writing JSON lines to `out`.

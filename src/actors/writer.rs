@@ -60,6 +60,11 @@ impl Writer {
         cmd: Command,
         now: chrono::DateTime<Utc>,
     ) -> Result<Vec<Envelope>, WriteError> {
+        if self.state.is_poisoned() {
+            return Err(WriteError::Storage(
+                "the event log failed; restart the node".into(),
+            ));
+        }
         let events = handle(&self.state, cmd, now)?;
         if events.is_empty() {
             return Ok(vec![]);
@@ -76,10 +81,17 @@ impl Writer {
     fn commit(&self, cmd: Command) -> ResponseFuture<Result<Vec<Envelope>, WriteError>> {
         let outcome = self.execute_now(cmd, Utc::now());
         let log = self.log.clone();
+        let state = self.state.clone();
         Box::pin(async move {
             let envs = outcome?;
             if let Some(last) = envs.last() {
-                log.wait_durable(last.seq).await?;
+                if let Err(e) = log.wait_durable(last.seq).await {
+                    // The events are applied but not durable: fail closed until a restart
+                    // rebuilds the state from the log.
+                    tracing::error!(error = %e, "event log write failed; node fails closed");
+                    state.poison();
+                    return Err(e.into());
+                }
             }
             Ok(envs)
         })

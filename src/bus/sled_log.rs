@@ -163,6 +163,11 @@ impl SledLog {
         self.queue.lock().last_assigned
     }
 
+    /// Why the log stopped accepting appends, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.commit.state.lock().failed.clone()
+    }
+
     /// How many flushes the log has made: with group commit, far fewer than appends.
     pub fn flush_count(&self) -> u64 {
         self.commit.flushes.load(Ordering::Relaxed)
@@ -249,6 +254,11 @@ impl SledLog {
     /// Writes and flushes everything queued, synchronously (shutdown, tools). Must not run
     /// concurrently with `wait_durable`.
     pub fn flush_blocking(&self) -> Result<(), LogError> {
+        if let Some(reason) = &self.commit.state.lock().failed {
+            // What is queued follows records that never reached the disk: writing it would
+            // leave a gap, and the log could not be replayed.
+            return Err(LogError::Failed(reason.clone()));
+        }
         let records = std::mem::take(&mut self.queue.lock().pending);
         let target = records.last().map(|r| r.0);
         write_and_flush(&self.db, records)?;

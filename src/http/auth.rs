@@ -36,9 +36,20 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (!token.is_empty() && !token.contains(|c: char| c.is_ascii_whitespace())).then_some(token)
 }
 
-/// The client's address, as the throttles count it.
+/// The client's address, as the throttles count it: the TCP peer, with IPv6 addresses cut
+/// to their /64 (one host usually holds a whole /64, and could rotate through it).
 pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
-    req.peer_addr().map(|a| a.ip())
+    req.peer_addr().map(|a| match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(seg))
+            }
+        },
+        v4 => v4,
+    })
 }
 
 fn app(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
@@ -53,6 +64,9 @@ pub struct Caller(pub Verified);
 impl Caller {
     fn check(req: &HttpRequest) -> Result<Caller, ApiError> {
         let app = app(req)?;
+        if app.state.is_poisoned() {
+            return Err(ApiError::retry_after(Code::ServiceUnavailable, 5));
+        }
         let now = Utc::now().timestamp();
         let ip = client_ip(req);
         if let Some(wait) = app.auth_throttle.blocked(ip, now) {
@@ -174,9 +188,12 @@ pub fn same_origin(req: &HttpRequest) -> Result<(), ApiError> {
     }
     if let Some(origin) = h.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        let host = req.connection_info().host().to_owned();
+        let host = h
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
-        if origin == "null" || origin_host != host {
+        if origin == "null" || !origin_host.eq_ignore_ascii_case(host) {
             return Err(ApiError::new(Code::CrossSite));
         }
     }

@@ -65,6 +65,9 @@ pub async fn login(
         return Err(ApiError::retry_after(Code::LoginThrottled, wait));
     }
     let creds = parse_login(&req, &body)?;
+    // Count the attempt before checking it, so parallel guesses cannot outrun the throttle;
+    // a successful login takes its count back.
+    app.login_throttle.record_failure(ip, now.timestamp());
     let email = Email::parse(&creds.email).ok();
     let known = email
         .as_ref()
@@ -74,18 +77,32 @@ pub async fn login(
         None => (None, app.dummy_hash.clone()),
     };
     let password = creds.password;
+    // At most a few argon2 checks at once (each takes ~19 MiB and tens of milliseconds);
+    // the rest wait their turn instead of exhausting memory.
+    let permit = app
+        .password_checks
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(Code::Internal))?;
     let matches = web::block(move || verify_password(&password, &phc))
         .await
         .map_err(|_| ApiError::new(Code::Internal))?;
+    drop(permit);
     let client_ip = ip.map(|i| i.to_string());
     let Some(user_id) = user_id.filter(|_| matches) else {
-        app.login_throttle.record_failure(ip, now.timestamp());
-        let email = email.map_or_else(|| "<not an email>".to_owned(), |e| e.as_str().to_owned());
+        // The audit log names the account only when it exists: what was typed into the email
+        // field of a failed login may be anything, a password included.
+        let email = if user_id.is_some() {
+            email.map_or_else(String::new, |e| e.as_str().to_owned())
+        } else {
+            "<unknown account>".to_owned()
+        };
         app.writer
             .send(Execute(Command::RecordLoginFailure { email, client_ip }))
             .await??;
         return Err(ApiError::new(Code::InvalidCredentials));
     };
+    app.login_throttle.forgive(ip, now.timestamp());
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let value = hex::encode(raw);

@@ -47,6 +47,8 @@ pub struct AppState {
     /// An argon2id hash of a random password: logins for unknown emails verify against it,
     /// so they take as long as logins for known ones.
     pub dummy_hash: String,
+    /// Bounds concurrent argon2 verifications (memory-hard: ~19 MiB each).
+    pub password_checks: tokio::sync::Semaphore,
 }
 
 /// Why `serve` could not start.
@@ -281,6 +283,7 @@ impl Application {
             ),
             ready: AtomicBool::new(true),
             dummy_hash,
+            password_checks: tokio::sync::Semaphore::new(4),
         });
         let max_body = settings.max_body_bytes;
         let factory = move || {

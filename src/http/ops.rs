@@ -13,7 +13,7 @@ pub async fn healthz() -> HttpResponse {
 /// `GET /readyz`: 200 once the log has been replayed; 503 before.
 pub async fn readyz(app: web::Data<AppState>) -> HttpResponse {
     let applied = app.state.applied_seq();
-    if app.ready.load(Ordering::Acquire) {
+    if app.ready.load(Ordering::Acquire) && !app.state.is_poisoned() {
         HttpResponse::Ok().json(json!({"success": true, "status": "ready", "applied_seq": applied}))
     } else {
         HttpResponse::ServiceUnavailable()

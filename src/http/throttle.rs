@@ -13,6 +13,8 @@ pub struct FailureThrottle {
     /// Address → (window start, failures). A mutex per entry (parking_lot): held for two
     /// integer operations, never across an await.
     slots: papaya::HashMap<IpAddr, parking_lot::Mutex<(i64, u32)>>,
+    /// The window of the last sweep: at most one sweep per window.
+    swept: std::sync::atomic::AtomicI64,
 }
 
 impl FailureThrottle {
@@ -21,6 +23,7 @@ impl FailureThrottle {
             limit,
             window_secs: i64::from(window_secs.max(1)),
             slots: papaya::HashMap::new(),
+            swept: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -43,7 +46,9 @@ impl FailureThrottle {
         let Some(ip) = ip else { return };
         let start = self.window(now);
         let slots = self.slots.pin();
-        if slots.len() > SWEEP_ABOVE {
+        if slots.len() > SWEEP_ABOVE
+            && self.swept.swap(start, std::sync::atomic::Ordering::Relaxed) != start
+        {
             slots.retain(|_, v| v.lock().0 == start);
         }
         let slot = slots.get_or_insert_with(ip, || parking_lot::Mutex::new((start, 0)));
@@ -52,6 +57,22 @@ impl FailureThrottle {
             *s = (start, 0);
         }
         s.1 = s.1.saturating_add(1);
+    }
+}
+
+impl FailureThrottle {
+    /// Takes back one failure of `ip` in this window (an attempt counted up front that
+    /// turned out to succeed).
+    pub fn forgive(&self, ip: Option<IpAddr>, now: i64) {
+        let Some(ip) = ip else { return };
+        let start = self.window(now);
+        let slots = self.slots.pin();
+        if let Some(slot) = slots.get(&ip) {
+            let mut s = slot.lock();
+            if s.0 == start {
+                s.1 = s.1.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -71,5 +92,15 @@ mod tests {
         assert_eq!(t.blocked(Some(a), 130), Some(50));
         assert_eq!(t.blocked(Some(b), 130), None);
         assert_eq!(t.blocked(Some(a), 180), None, "next window");
+        t.record_failure(Some(b), 130);
+        t.forgive(Some(b), 130);
+        for _ in 0..2 {
+            t.record_failure(Some(b), 130);
+        }
+        assert_eq!(
+            t.blocked(Some(b), 130),
+            None,
+            "a forgiven attempt does not count"
+        );
     }
 }

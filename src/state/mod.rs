@@ -96,6 +96,10 @@ pub struct State {
     pub sessions: papaya::HashMap<TokenHash, Session, RandomKeys>,
     directory: RwLock<Directory>,
     applied_seq: AtomicU64,
+    /// Set when the log failed to make applied events durable: memory is then ahead of the
+    /// disk, so the node fails closed (token checks and readiness answer 503) until it is
+    /// restarted and rebuilds its state from what the log really holds.
+    poisoned: std::sync::atomic::AtomicBool,
     /// This node's id: its own `usage_recorded` events settle its in-flight counts.
     local_node: String,
 }
@@ -109,8 +113,19 @@ impl State {
             sessions: papaya::HashMap::builder().hasher(RandomKeys).build(),
             directory: RwLock::new(Directory::default()),
             applied_seq: AtomicU64::new(0),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
             local_node: local_node.to_owned(),
         }
+    }
+
+    /// Marks the state as ahead of the durable log (see `poisoned`).
+    pub fn poison(&self) {
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Whether the state may be ahead of the durable log.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
     }
 
     /// The last sequence number applied.

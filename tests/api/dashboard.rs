@@ -255,3 +255,66 @@ async fn sessions_expire() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_guesses_cannot_outrun_the_login_throttle() {
+    let config = "[throttle]\nlogin_failures = 3\nlogin_window_secs = 600\n";
+    let app = spawn_app_with(Opts {
+        config: Some(config.into()),
+        ..Default::default()
+    })
+    .await;
+    app.create_user("john@example.com", "pro").await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let client = reqwest::Client::new();
+        let url = format!("{}/login", app.url);
+        tasks.push(tokio::spawn(async move {
+            let body =
+                json!({"email": "john@example.com", "password": format!("guess number {i}")});
+            client.post(url).json(&body).send().await.unwrap().status()
+        }));
+    }
+    let mut checked = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert!(checked <= 3, "{checked} guesses were checked");
+}
+
+#[tokio::test]
+async fn a_failed_login_names_only_existing_accounts_in_the_audit_log() {
+    let mut app = spawn_app().await;
+    app.create_user("john@example.com", "pro").await;
+    app.login("john@example.com", "wrong password").await;
+    // Someone pastes a password into the email field.
+    app.login("hunter2@secret.pw", "whatever it is").await;
+    app.stop().await;
+    let out = String::from_utf8(app.replay(&["--type", "login_failed"]).stdout).unwrap();
+    assert_eq!(out.lines().count(), 2);
+    assert!(out.contains("john@example.com"));
+    assert!(out.contains("<unknown account>"));
+    assert!(!out.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn the_origin_check_ignores_case() {
+    let app = spawn_app().await;
+    app.create_user("john@example.com", "pro").await;
+    let c = app.session("john@example.com").await;
+    let local = app.url.replace("127.0.0.1", "localhost");
+    let r = app
+        .client
+        .post(format!("{local}/dashboard/tokens"))
+        .header("Cookie", &c)
+        .header("Origin", local.replace("localhost", "LocalHost"))
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
