@@ -201,6 +201,7 @@ fn append(c: &mut Criterion) {
             })
         })
     });
+    g.throughput(Throughput::Elements(1));
     g.bench_function("durable_one_appender_at_a_time", |b| {
         b.iter(|| {
             rt.block_on(async {
