@@ -123,13 +123,28 @@ impl SledLog {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("events"))
             // We flush explicitly after every batch; sled's own periodic flusher would only
             // compete with ours.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
+            .flush_every_ms(None);
+        // sled holds an exclusive lock on its files until its last internal reference is
+        // gone, which can trail a `drop` (or a previous process's exit) by a few
+        // milliseconds: wait up to 2 s for it before calling the log busy.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // sled reports a held lock as an `Other` I/O error with this message.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && attempts < 40 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(open_err(e.to_string())),
+            }
+        };
         let last = match db.last().map_err(|e| open_err(e.to_string()))? {
             None => 0,
             Some((k, _)) => {

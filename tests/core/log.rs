@@ -127,3 +127,18 @@ fn an_undecodable_event_with_a_good_checksum_stops_replay() {
     assert!(err.to_string().contains("seq 4"), "{err}");
     assert!(err.to_string().contains("version 2"), "{err}");
 }
+
+#[test]
+fn a_log_held_by_another_owner_is_a_clear_error_after_a_short_wait() {
+    let core = Core::new();
+    let started = std::time::Instant::now();
+    let err = SledLog::open(core.dir.path())
+        .err()
+        .expect("the log is held by `core`");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "it waited for the holder"
+    );
+    assert!(matches!(err, LogError::Open { .. }), "{err}");
+    assert!(err.to_string().contains("could not acquire lock"), "{err}");
+}
