@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod dashboard;
 mod helpers;
+mod hostile;
 mod ops;
 mod pages;
 mod public;
