@@ -63,6 +63,10 @@ pub enum Command {
     },
 }
 
+/// Active (not revoked, not expired) tokens one user may hold: enough for "separate tokens
+/// for different applications", and a bound on what one account can make the service store.
+pub const MAX_ACTIVE_TOKENS: usize = 100;
+
 /// Why a command was rejected. Each maps to one row of the error table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
@@ -74,6 +78,8 @@ pub enum CommandError {
     TokenNotFound,
     #[error("token is already revoked")]
     AlreadyRevoked,
+    #[error("this user already has the maximum number of active tokens")]
+    TokenLimitReached,
 }
 
 /// Validates `cmd` against `state` at `now` and returns the events it produces.
@@ -117,6 +123,9 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
             expires_at,
         } => {
             state.user(user_id).ok_or(CommandError::UserNotFound)?;
+            if state.active_token_count(user_id, now) >= MAX_ACTIVE_TOKENS {
+                return Err(CommandError::TokenLimitReached);
+            }
             Ok(vec![Event::TokenIssued(TokenIssued {
                 token_id,
                 user_id,

@@ -28,6 +28,7 @@ pub enum Code {
     PayloadTooLarge,
     EmailTaken,
     TokenAlreadyRevoked,
+    TokenLimitReached,
     ServiceUnavailable,
     Internal,
 }
@@ -63,6 +64,11 @@ impl Code {
             Code::PayloadTooLarge => (413, "payload_too_large", "Request body too large"),
             Code::EmailTaken => (409, "email_taken", "A user with this email already exists"),
             Code::TokenAlreadyRevoked => (409, "token_already_revoked", "Token is already revoked"),
+            Code::TokenLimitReached => (
+                409,
+                "token_limit_reached",
+                "Token limit reached: revoke a token before generating another",
+            ),
             Code::ServiceUnavailable => (503, "service_unavailable", "Service unavailable"),
             Code::Internal => (500, "internal", "Internal server error"),
         }
@@ -232,6 +238,7 @@ impl From<CommandError> for ApiError {
                 ApiError::new(Code::NotFound)
             }
             CommandError::AlreadyRevoked => ApiError::new(Code::TokenAlreadyRevoked),
+            CommandError::TokenLimitReached => ApiError::new(Code::TokenLimitReached),
         }
     }
 }

@@ -295,6 +295,17 @@ impl State {
         out
     }
 
+    /// How many of a user's tokens are neither revoked nor expired at `now`.
+    pub fn active_token_count(&self, user: UserId, now: DateTime<Utc>) -> usize {
+        let d = self.directory.read();
+        d.tokens_by_user.get(&user).map_or(0, |ids| {
+            ids.iter()
+                .filter_map(|id| d.token_records.get(id))
+                .filter(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|e| e > now))
+                .count()
+        })
+    }
+
     /// The live session with this hash at `now`.
     pub fn session(&self, hash: &TokenHash, now: DateTime<Utc>) -> Option<Session> {
         self.sessions

@@ -171,3 +171,27 @@ fn no_event_ever_carries_the_token() {
     }
     assert_eq!(n, 2);
 }
+
+#[test]
+fn a_user_holds_at_most_the_maximum_of_active_tokens() {
+    use snaptrack_auth::command::MAX_ACTIVE_TOKENS;
+    let core = Core::new();
+    given(&core, vec![register("a@example.com", Tier::Pro)]);
+    let mut first = None;
+    for _ in 0..MAX_ACTIVE_TOKENS {
+        let (id, cmd) = issue(1, &ApiToken::generate());
+        first.get_or_insert(id);
+        given(&core, vec![cmd]);
+    }
+    let (_, cmd) = issue(1, &ApiToken::generate());
+    assert_eq!(when(&core, cmd), Err(CommandError::TokenLimitReached));
+    given(
+        &core,
+        vec![Command::RevokeToken {
+            token_id: first.unwrap(),
+            owner: None,
+        }],
+    );
+    let (_, cmd) = issue(1, &ApiToken::generate());
+    assert!(when(&core, cmd).is_ok(), "a revoked token frees its place");
+}
