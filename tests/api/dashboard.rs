@@ -214,10 +214,7 @@ async fn failed_logins_are_throttled_per_address() {
     let r = app.login("john@example.com", PASSWORD).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
-    let other = reqwest::Client::builder()
-        .local_address(Some("127.0.0.3".parse().unwrap()))
-        .build()
-        .unwrap();
+    let other = client_from("127.0.0.3");
     let r = other
         .post(format!("{}/login", app.url))
         .json(&json!({"email": "john@example.com", "password": PASSWORD}))

@@ -389,3 +389,21 @@ pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub async fn body(r: Response) -> Value {
     r.json().await.unwrap()
 }
+
+/// The `Retry-After` of a response, in seconds.
+pub fn retry_after(r: &Response) -> i64 {
+    r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A client whose connections come from `addr` (any 127.x.y.z reaches the server on loopback):
+/// another client address, for the per-address throttles.
+pub fn client_from(addr: &str) -> Client {
+    Client::builder()
+        .local_address(Some(addr.parse().unwrap()))
+        .build()
+        .unwrap()
+}

@@ -186,11 +186,7 @@ async fn an_exhausted_window_is_a_429_and_failures_do_not_count() {
     }
     let r = app.get_test(&token).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: i64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&r);
     assert!((1..=3600).contains(&retry));
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
     assert_eq!(r.headers()["x-ratelimit-limit"], "3");
@@ -280,10 +276,7 @@ async fn repeated_failures_throttle_one_address_and_not_another() {
         StatusCode::TOO_MANY_REQUESTS
     );
     // Another client address (127.0.0.2 reaches the server on loopback) is unaffected.
-    let other = reqwest::Client::builder()
-        .local_address(Some("127.0.0.2".parse().unwrap()))
-        .build()
-        .unwrap();
+    let other = client_from("127.0.0.2");
     let r = other
         .get(format!("{}/test", app.url))
         .bearer_auth(&token)
