@@ -127,7 +127,11 @@ impl SledLog {
             .path(dir.join("events"))
             // We flush explicitly after every batch; sled's own periodic flusher would only
             // compete with ours.
-            .flush_every_ms(None);
+            .flush_every_ms(None)
+            // The log is read once, front to back, at start-up, and then only written: a
+            // small page cache does as well as sled's 1 GiB default and keeps resident memory
+            // for the projections.
+            .cache_capacity(64 * 1024 * 1024);
         // sled holds an exclusive lock on its files until its last internal reference is
         // gone, which can trail a `drop` (or a previous process's exit) by a few
         // milliseconds: wait up to 2 s for it before calling the log busy.
