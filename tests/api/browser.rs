@@ -95,6 +95,24 @@ async fn text(c: &Client, css: &str) -> String {
     }
 }
 
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn type_into(c: &Client, css: &str, keys: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .send_keys(keys)
+        .await
+        .unwrap();
+}
+
 async fn path(c: &Client) -> String {
     c.current_url().await.unwrap().path().to_owned()
 }
@@ -113,24 +131,9 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     assert_eq!(path(c).await, "/login");
 
     // A wrong password shows the message.
-    c.find(Locator::Css("#email"))
-        .await
-        .unwrap()
-        .send_keys("john@example.com")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#password"))
-        .await
-        .unwrap()
-        .send_keys("wrong password")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, "#email", "john@example.com").await;
+    type_into(c, "#password", "wrong password").await;
+    click(c, "#login-form button").await;
     until("the login error", || async {
         text(c, "#login-error").await == "Invalid email or password."
     })
@@ -140,12 +143,7 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     let pw = c.find(Locator::Css("#password")).await.unwrap();
     pw.clear().await.unwrap();
     pw.send_keys(PASSWORD).await.unwrap();
-    c.find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#login-form button").await;
     until("the API keys page", || async {
         path(c).await == "/settings/api-keys"
     })
@@ -157,18 +155,8 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     .await;
 
     // Generate API Token: shown once, with a Copy button and the warning.
-    c.find(Locator::Css("#token-name"))
-        .await
-        .unwrap()
-        .send_keys("laptop")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#generate"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, "#token-name", "laptop").await;
+    click(c, "#generate").await;
     until("the new token", || async {
         text(c, "#new-token").await.starts_with("snpt_")
     })
@@ -192,24 +180,14 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     assert_eq!(app.get_test(&token).await.status(), StatusCode::OK);
 
     // Revoke Token, confirm in the dialog.
-    c.find(Locator::Css("button.revoke"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "button.revoke").await;
     until("the confirmation", || async {
         text(c, "#revoke-dialog")
             .await
             .contains("Revoke this token?")
     })
     .await;
-    c.find(Locator::Css("#revoke-confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#revoke-confirm").await;
     until("the revoked status", || async {
         text(c, "#tokens-body")
             .await
@@ -236,12 +214,7 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     assert!(!source.contains(&token[5..45]));
 
     // Log out: the page is closed again.
-    c.find(Locator::Css("#logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#logout").await;
     until("the login page", || async { path(c).await == "/login" }).await;
     c.goto(&format!("{}/settings/api-keys", app.url))
         .await

@@ -8,11 +8,7 @@ use std::process::Command;
 #[tokio::test]
 async fn a_restart_keeps_users_tokens_revocations_and_the_rate_count() {
     let config = "[tiers.starter]\nrequests = 5\nwindow_secs = 3600\n";
-    let mut app = spawn_app_with(Opts {
-        config: Some(config.into()),
-        ..Default::default()
-    })
-    .await;
+    let mut app = spawn_app_with_config(config).await;
     let (id, live, _) = app.user_with_token("a@example.com", "starter").await;
     let (_, dead, dead_id) = app.user_with_token("b@example.com", "pro").await;
     app.revoke_admin(&dead_id).await;

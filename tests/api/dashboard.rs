@@ -199,11 +199,7 @@ async fn cross_site_state_changes_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn failed_logins_are_throttled_per_address() {
     let config = "[throttle]\nlogin_failures = 3\nlogin_window_secs = 600\n";
-    let app = spawn_app_with(Opts {
-        config: Some(config.into()),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_config(config).await;
     app.create_user("john@example.com", "pro").await;
     for _ in 0..3 {
         assert_eq!(
@@ -227,11 +223,7 @@ async fn failed_logins_are_throttled_per_address() {
 #[tokio::test]
 async fn sessions_expire() {
     let config = "session_ttl_secs = 1\n";
-    let app = spawn_app_with(Opts {
-        config: Some(config.into()),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_config(config).await;
     app.create_user("john@example.com", "pro").await;
     let r = app.login("john@example.com", PASSWORD).await;
     let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
@@ -256,11 +248,7 @@ async fn sessions_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_guesses_cannot_outrun_the_login_throttle() {
     let config = "[throttle]\nlogin_failures = 3\nlogin_window_secs = 600\n";
-    let app = spawn_app_with(Opts {
-        config: Some(config.into()),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_config(config).await;
     app.create_user("john@example.com", "pro").await;
     let mut tasks = Vec::new();
     for i in 0..12 {

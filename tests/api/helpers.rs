@@ -42,6 +42,15 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(Opts::default()).await
 }
 
+/// A `TestApp` started with this config.toml.
+pub async fn spawn_app_with_config(config: &str) -> TestApp {
+    spawn_app_with(Opts {
+        config: Some(config.into()),
+        ..Default::default()
+    })
+    .await
+}
+
 pub async fn spawn_app_with(opts: Opts) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     for (name, contents) in &opts.files {

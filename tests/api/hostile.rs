@@ -121,11 +121,7 @@ async fn arbitrary_bodies_on_every_json_endpoint_get_a_4xx_json_error_or_succeed
 #[tokio::test]
 async fn arbitrary_authorization_headers_are_401_never_anything_else() {
     let config = "[throttle]\nauth_failures = 1000000\n";
-    let app = spawn_app_with(Opts {
-        config: Some(config.into()),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_config(config).await;
     let (_, token, _) = app.user_with_token("a@example.com", "pro").await;
     let mut runner = TestRunner::new(Config {
         cases: 300,

@@ -168,11 +168,7 @@ async fn an_inactive_or_expired_paid_plan_is_a_403_naming_the_status() {
 
 #[tokio::test]
 async fn an_exhausted_window_is_a_429_and_failures_do_not_count() {
-    let app = spawn_app_with(Opts {
-        config: Some(SMALL_LIMITS.into()),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_config(SMALL_LIMITS).await;
     let (id, token, _) = app.user_with_token("a@example.com", "starter").await;
     // A 403 first: the plan check comes before the rate limit and counts nothing.
     app.put_subscription(id, &json!({"tier": "free"})).await;
@@ -254,11 +250,7 @@ async fn a_plan_change_takes_effect_on_the_next_request() {
 #[tokio::test]
 async fn repeated_failures_throttle_one_address_and_not_another() {
     let config = "[throttle]\nauth_failures = 5\nauth_window_secs = 3600\n";
-    let app = spawn_app_with(Opts {
-        config: Some(config.into()),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_config(config).await;
     let (_, token, _) = app.user_with_token("a@example.com", "pro").await;
     for _ in 0..5 {
         assert_eq!(

@@ -6,11 +6,7 @@ use reqwest::StatusCode;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_limit_n_exactly_n_of_200_concurrent_requests_succeed() {
     let config = "[tiers.business]\nrequests = 50\nwindow_secs = 3600\n";
-    let app = spawn_app_with(Opts {
-        config: Some(config.into()),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_config(config).await;
     let (_, token, _) = app.user_with_token("a@example.com", "business").await;
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -50,11 +46,7 @@ async fn with_limit_n_exactly_n_of_200_concurrent_requests_succeed() {
 #[tokio::test]
 async fn a_fixed_window_rolls_over_at_its_reset() {
     let config = "[tiers.starter]\nrequests = 2\nwindow_secs = 2\n";
-    let app = spawn_app_with(Opts {
-        config: Some(config.into()),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_config(config).await;
     let (_, token, _) = app.user_with_token("a@example.com", "starter").await;
     // Move to the start of a fresh window, so the calls below share one.
     let probe = body(app.get_test(&token).await).await;
