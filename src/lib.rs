@@ -13,6 +13,7 @@
 //! - [`actors`]: the writer (one per node) and the usage flusher.
 //! - [`http`]: routes, the Bearer check, the error table, the dashboard and admin APIs.
 //! - [`config`]: layered, typed settings. [`replay`]: the audit log on the command line.
+//!   [`client`]: `test-token`'s call to `GET /test`.
 //!
 //! ## The three flows
 //!
