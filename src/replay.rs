@@ -99,10 +99,7 @@ pub fn run(data: &Path, f: &Filter, out: &mut dyn Write) -> Result<(), ReplayErr
             if env.occurred_at > at {
                 break;
             }
-            state.apply(&env).map_err(|e| LogError::Gap {
-                expected: e.expected,
-                found: e.found,
-            })?;
+            state.apply_owned(env).map_err(LogError::from)?;
         }
         for t in state.valid_tokens_at(at) {
             if f.user.is_some_and(|u| u != t.user_id.0) {

@@ -21,6 +21,15 @@ pub enum LogError {
     Failed(String),
 }
 
+impl From<crate::state::ApplyError> for LogError {
+    fn from(e: crate::state::ApplyError) -> Self {
+        LogError::Gap {
+            expected: e.expected,
+            found: e.found,
+        }
+    }
+}
+
 /// The embedded event log.
 ///
 /// Records are keyed by sequence number (8 bytes, big-endian, so sled's order is log order);
@@ -341,10 +350,7 @@ impl SledLog {
         let mut n = 0;
         for env in self.iter_from(state.applied_seq() + 1) {
             let env = env?;
-            state.apply_owned(env).map_err(|e| LogError::Gap {
-                expected: e.expected,
-                found: e.found,
-            })?;
+            state.apply_owned(env)?;
             n += 1;
         }
         Ok(n)

@@ -1,4 +1,4 @@
-use super::{upcast::Upcasters, Event};
+use super::{upcast::Upcasters, DataSeed, Event};
 use chrono::{DateTime, Utc};
 use serde::{ser::SerializeStruct, Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -174,30 +174,6 @@ impl<'de> Deserialize<'de> for FastEnvelope {
 }
 
 struct FastVisitor;
-
-/// Decodes `data` of a known current-version type directly.
-struct DataSeed<'a>(&'a str);
-
-impl<'de> serde::de::DeserializeSeed<'de> for DataSeed<'_> {
-    type Value = Event;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
-        use super::*;
-        Ok(match self.0 {
-            "user_registered" => Event::UserRegistered(UserRegistered::deserialize(d)?),
-            "subscription_changed" => {
-                Event::SubscriptionChanged(SubscriptionChanged::deserialize(d)?)
-            }
-            "token_issued" => Event::TokenIssued(TokenIssued::deserialize(d)?),
-            "token_revoked" => Event::TokenRevoked(TokenRevoked::deserialize(d)?),
-            "usage_recorded" => Event::UsageRecorded(UsageRecorded::deserialize(d)?),
-            "login_succeeded" => Event::LoginSucceeded(LoginSucceeded::deserialize(d)?),
-            "login_failed" => Event::LoginFailed(LoginFailed::deserialize(d)?),
-            "session_ended" => Event::SessionEnded(SessionEnded::deserialize(d)?),
-            other => return Err(serde::de::Error::custom(format!("unknown type {other}"))),
-        })
-    }
-}
 
 /// `occurred_at`, parsed without chrono's general parser when it has the shape this binary
 /// writes (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`); anything else goes through RFC 3339 parsing.

@@ -182,11 +182,6 @@ impl Event {
         }
     }
 
-    /// The NATS subject: `snaptrack.auth.v1.` + the type with dots.
-    pub fn subject(&self) -> String {
-        format!("snaptrack.auth.v1.{}", self.kind().replace('_', "."))
-    }
-
     pub(crate) fn serialize_data<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Event::UserRegistered(e) => e.serialize(s),
@@ -200,21 +195,43 @@ impl Event {
         }
     }
 
-    /// Typed decoding of a current-version `data` object.
+    /// Typed decoding of a current-version `data` object given as text.
     pub(crate) fn decode_data(kind: &str, data: &str) -> Result<Event, String> {
-        fn de<'a, T: Deserialize<'a>>(s: &'a str) -> Result<T, String> {
-            serde_json::from_str(s).map_err(|e| e.to_string())
-        }
-        Ok(match kind {
-            "user_registered" => Event::UserRegistered(de(data)?),
-            "subscription_changed" => Event::SubscriptionChanged(de(data)?),
-            "token_issued" => Event::TokenIssued(de(data)?),
-            "token_revoked" => Event::TokenRevoked(de(data)?),
-            "usage_recorded" => Event::UsageRecorded(de(data)?),
-            "login_succeeded" => Event::LoginSucceeded(de(data)?),
-            "login_failed" => Event::LoginFailed(de(data)?),
-            "session_ended" => Event::SessionEnded(de(data)?),
-            other => return Err(format!("unknown event type {other:?}")),
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(data);
+        let event = DataSeed(kind)
+            .deserialize(&mut de)
+            .map_err(|e| e.to_string())?;
+        de.end().map_err(|e| e.to_string())?;
+        Ok(event)
+    }
+}
+
+/// Decodes the `data` of a current-version event of type `.0`, from any deserializer: the one
+/// table from type name to payload type, used by the single-pass envelope decoding and by
+/// [`Event::decode_data`].
+pub(crate) struct DataSeed<'a>(pub &'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = Event;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
+        Ok(match self.0 {
+            "user_registered" => Event::UserRegistered(UserRegistered::deserialize(d)?),
+            "subscription_changed" => {
+                Event::SubscriptionChanged(SubscriptionChanged::deserialize(d)?)
+            }
+            "token_issued" => Event::TokenIssued(TokenIssued::deserialize(d)?),
+            "token_revoked" => Event::TokenRevoked(TokenRevoked::deserialize(d)?),
+            "usage_recorded" => Event::UsageRecorded(UsageRecorded::deserialize(d)?),
+            "login_succeeded" => Event::LoginSucceeded(LoginSucceeded::deserialize(d)?),
+            "login_failed" => Event::LoginFailed(LoginFailed::deserialize(d)?),
+            "session_ended" => Event::SessionEnded(SessionEnded::deserialize(d)?),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown event type {other:?}"
+                )))
+            }
         })
     }
 }

@@ -138,6 +138,11 @@ impl ApiError {
         Self::new(code).header(HeaderName::from_static("retry-after"), secs.to_string())
     }
 
+    /// The JSON response, for handlers that answer with an error without returning `Err`.
+    pub fn into_response(self) -> HttpResponse {
+        self.error_response()
+    }
+
     pub fn message(mut self, m: impl Into<String>) -> Self {
         self.details.message = Some(m.into());
         self

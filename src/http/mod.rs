@@ -23,7 +23,7 @@ use crate::domain::{Email, Password, Tier, UserName};
 use crate::state::{State, TierTable};
 use actix::{Actor, Addr};
 use actix_web::dev::{Server, ServerHandle, Service};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpServer};
 use error::{json_error, ApiError, Code};
 use metrics::Metrics;
 use std::net::{SocketAddr, TcpListener};
@@ -141,7 +141,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource(path)
             .name(path)
             .default_service(web::to(|| async {
-                ApiError::new(Code::MethodNotAllowed).error_response_owned()
+                ApiError::new(Code::MethodNotAllowed).into_response()
             }))
     }
     cfg.service(resource("/test").route(web::get().to(public::test)))
@@ -175,12 +175,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/healthz").route(web::get().to(ops::healthz)))
         .service(resource("/readyz").route(web::get().to(ops::readyz)))
         .service(resource("/metrics").route(web::get().to(ops::metrics)));
-}
-
-impl ApiError {
-    fn error_response_owned(self) -> HttpResponse {
-        actix_web::ResponseError::error_response(&self)
-    }
 }
 
 /// Opens the log in `settings.data` and replays it into a fresh state.
@@ -311,7 +305,7 @@ impl Application {
                 })
                 .configure(routes)
                 .default_service(web::to(|| async {
-                    ApiError::new(Code::NotFound).error_response_owned()
+                    ApiError::new(Code::NotFound).into_response()
                 }))
         };
         let addr = listener.local_addr().map_err(|e| StartError::Listen {

@@ -153,11 +153,7 @@ pub async fn asset(name: web::Path<String>) -> HttpResponse {
         "app.css" => (CSS, "text/css; charset=utf-8"),
         "login.js" => (LOGIN_JS, "text/javascript; charset=utf-8"),
         "api-keys.js" => (API_KEYS_JS, "text/javascript; charset=utf-8"),
-        _ => {
-            return actix_web::ResponseError::error_response(&super::error::ApiError::new(
-                super::error::Code::NotFound,
-            ))
-        }
+        _ => return super::error::ApiError::new(super::error::Code::NotFound).into_response(),
     };
     HttpResponse::Ok()
         .content_type(ctype)

@@ -39,7 +39,7 @@ fn issued_response(token: &ApiToken, envs: &[crate::event::Envelope]) -> HttpRes
                 "hint": t.hint,
                 "expires_at": t.expires_at,
             })),
-        None => actix_web::ResponseError::error_response(&ApiError::new(Code::Internal)),
+        None => ApiError::new(Code::Internal).into_response(),
     }
 }
 

@@ -59,6 +59,13 @@ pub struct TokenRecord {
     pub requests: u64,
 }
 
+impl TokenRecord {
+    /// Neither revoked nor expired at `t`.
+    pub fn is_active_at(&self, t: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > t)
+    }
+}
+
 /// A dashboard session, keyed by the SHA-256 of its cookie value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
@@ -301,7 +308,7 @@ impl State {
         d.tokens_by_user.get(&user).map_or(0, |ids| {
             ids.iter()
                 .filter_map(|id| d.token_records.get(id))
-                .filter(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|e| e > now))
+                .filter(|r| r.is_active_at(now))
                 .count()
         })
     }
@@ -321,7 +328,7 @@ impl State {
         let mut out: Vec<TokenRecord> = d
             .token_records
             .values()
-            .filter(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|e| e > at))
+            .filter(|r| r.is_active_at(at))
             .cloned()
             .collect();
         out.sort_by_key(|r| (r.created_at, r.id));
