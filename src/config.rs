@@ -38,6 +38,37 @@ pub struct Throttle {
     pub login_window_secs: u32,
 }
 
+/// Cluster mode's timing (ignored in embedded mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// A node that has not confirmed it is caught up with the stream for this long answers
+    /// token checks with 503: the bound on how long a cut-off node can serve a revoked token.
+    pub max_staleness: Duration,
+    /// How often a node announces its applied sequence on `snaptrack.auth.nodes` (it also
+    /// announces at once after applying a revocation). A node unheard for three intervals
+    /// is no longer live.
+    pub presence_interval: Duration,
+    /// How long a revoke waits for every live node to apply it before answering with the
+    /// laggards in `pending`.
+    pub revoke_wait: Duration,
+    /// How long a token check that misses waits for the node to catch up with the stream.
+    pub catchup_timeout: Duration,
+    /// Replicas of the JetStream stream when this node creates it (3 on a NATS cluster).
+    pub replicas: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            max_staleness: Duration::from_secs(5),
+            presence_interval: Duration::from_millis(200),
+            revoke_wait: Duration::from_secs(2),
+            catchup_timeout: Duration::from_secs(1),
+            replicas: 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub cert: PathBuf,
@@ -60,6 +91,7 @@ pub struct Settings {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     pub tls: Option<TlsSettings>,
+    pub cluster: ClusterSettings,
     pub demo: bool,
     /// HTTP worker threads; `None` means one per physical core.
     pub workers: Option<usize>,
@@ -82,6 +114,7 @@ impl std::fmt::Debug for Settings {
             .field("session_ttl", &self.session_ttl)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
             .field("demo", &self.demo)
             .field("workers", &self.workers)
             .finish()
@@ -121,6 +154,7 @@ impl Default for Settings {
             session_ttl: Duration::from_secs(12 * 3600),
             max_body_bytes: 16 * 1024,
             tls: None,
+            cluster: ClusterSettings::default(),
             demo: false,
             workers: None,
         }
@@ -143,6 +177,18 @@ struct FileConfig {
     #[serde(default)]
     throttle: FileThrottle,
     tls: Option<FileTls>,
+    #[serde(default)]
+    cluster: FileCluster,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    max_staleness_ms: Option<u64>,
+    presence_interval_ms: Option<u64>,
+    revoke_wait_ms: Option<u64>,
+    catchup_timeout_ms: Option<u64>,
+    replicas: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -273,6 +319,16 @@ impl Settings {
         set(&mut self.throttle.auth_window_secs, th.auth_window_secs);
         set(&mut self.throttle.login_failures, th.login_failures);
         set(&mut self.throttle.login_window_secs, th.login_window_secs);
+        let c = f.cluster;
+        let ms = |v: Option<u64>| v.map(Duration::from_millis);
+        set(&mut self.cluster.max_staleness, ms(c.max_staleness_ms));
+        set(
+            &mut self.cluster.presence_interval,
+            ms(c.presence_interval_ms),
+        );
+        set(&mut self.cluster.revoke_wait, ms(c.revoke_wait_ms));
+        set(&mut self.cluster.catchup_timeout, ms(c.catchup_timeout_ms));
+        set(&mut self.cluster.replicas, c.replicas);
         if let Some(tls) = f.tls {
             // Relative paths are relative to the config file, as users expect.
             let base = path.parent().unwrap_or(Path::new("."));
@@ -313,6 +369,20 @@ impl Settings {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return bad("node_id", "must be letters, digits, '-' or '_'");
+        }
+        let c = &self.cluster;
+        if c.max_staleness.is_zero() || c.presence_interval.is_zero() || c.catchup_timeout.is_zero()
+        {
+            return bad("cluster", "durations must be positive");
+        }
+        if c.max_staleness <= c.presence_interval {
+            return bad(
+                "cluster.max_staleness_ms",
+                "must be longer than presence_interval_ms",
+            );
+        }
+        if !(1..=5).contains(&c.replicas) {
+            return bad("cluster.replicas", "must be between 1 and 5");
         }
         if self.workers == Some(0) {
             return bad("workers", "must be positive");

@@ -9,8 +9,12 @@
 //! - [`event`]: the versioned event envelope, (de)serialisation and upcasters.
 //! - [`state`]: the projections and the one pure `apply`; the verify path reads them.
 //! - [`command`]: every rule, as `handle(state, command) -> events`.
-//! - [`bus`]: the durable, ordered log (sled, group commit).
-//! - [`actors`]: the writer (one per node) and the usage flusher.
+//! - [`bus`]: the durable, ordered log: sled (embedded; group commit) and the JetStream
+//!   stream (cluster mode), which each node mirrors into its sled log.
+//! - [`actors`]: the writer (one per node), the usage flusher, and in cluster mode the
+//!   replicator and the announcer.
+//! - [`cluster`]: what a node knows of the cluster: applied sequences, live peers,
+//!   freshness, the coalesced catch-up; the revocation barrier.
 //! - [`http`]: routes, the Bearer check, the error table, the dashboard and admin APIs.
 //! - [`config`]: layered, typed settings. [`replay`]: the audit log on the command line.
 //!   [`client`]: `test-token`'s call to `GET /test`.
@@ -20,14 +24,21 @@
 //! 1. **Verify** (hot path, no I/O, no actor): `Authorization` header → `Bearer <token>` →
 //!    shape and checksum → SHA-256 → token index → plan (403) → rate-limit bucket (429).
 //!    See [`http::auth`] and [`state::State::verify`].
+//!    In cluster mode a well-formed token the node does not know first makes it catch up with
+//!    the stream ([`cluster::Cluster::catch_up`]), and a node too long out of touch answers 503.
 //! 2. **Command**: HTTP handler → [`actors::Writer`] → [`command::handle`] (rules) → events →
 //!    [`bus::SledLog::append`] → `apply` → wait for the group-commit flush → respond.
+//!    Cluster mode: events → [`bus::JetStreamBus::publish`] (expected last sequence) → wait
+//!    until the replicator applied them → respond; a revoke also waits for the other nodes
+//!    ([`cluster::Cluster::barrier`]).
 //! 3. **Apply**: events in sequence order → [`state::State::apply`]; replay at start-up runs
-//!    the same function over the whole log.
+//!    the same function over the whole log. Cluster mode: the replicator
+//!    ([`actors::replicator`]) mirrors the stream into the local log and applies each event.
 
 pub mod actors;
 pub mod bus;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod domain;

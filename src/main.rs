@@ -106,9 +106,6 @@ fn serve(a: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    if settings.nats.is_some() {
-        return fail("cluster mode (--nats) is not available in this build yet; run without --nats for the embedded mode");
-    }
     init_logging();
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings)

@@ -3,10 +3,12 @@
 //! `usage_recorded` events every few hundred milliseconds).
 //!
 //! In embedded mode the writer applies what it appended itself, in log order, so the
-//! "applier" of the design is the writer's call to [`crate::state::State::apply`]; the cluster
-//! mode's replicator will apply events arriving from the stream through the same call.
+//! "applier" of the design is the writer's call to [`crate::state::State::apply`]. In cluster
+//! mode the [`replicator`] applies every event arriving from the stream, own ones included,
+//! through the same call, and the writer waits for it.
 
 mod flusher;
+pub mod replicator;
 mod writer;
 
 pub use flusher::UsageFlusher;

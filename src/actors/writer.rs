@@ -1,10 +1,15 @@
-use crate::bus::{LogError, SledLog};
+use crate::bus::{LogError, PublishFailure, SledLog};
+use crate::cluster::Cluster;
 use crate::command::{handle, Command, CommandError};
-use crate::event::Envelope;
+use crate::event::{Envelope, Event};
 use crate::state::State;
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
+use uuid::Uuid;
+
+/// How often a cluster command is retried when other nodes keep appending first.
+const MAX_ATTEMPTS: usize = 20;
 
 /// Runs a command: validate, append, apply, wait until durable. Replies with the envelopes.
 #[derive(Message)]
@@ -23,6 +28,10 @@ pub enum WriteError {
     Rejected(#[from] CommandError),
     #[error("storage failed: {0}")]
     Storage(String),
+    /// Cluster mode: the stream could not take the events; nothing was changed unless the
+    /// stream stored an event whose acknowledgement was lost.
+    #[error("the event stream is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<LogError> for WriteError {
@@ -33,15 +42,22 @@ impl From<LogError> for WriteError {
 
 /// The one writer of a node.
 ///
-/// Validation, sequence assignment, the sled insert and `apply` happen synchronously inside
-/// the handler, so the next command is validated against state that already includes this
-/// one's events. Only the wait for durability is asynchronous, which lets concurrent commands
-/// share one flush (group commit). A reply is sent only once its events are durable; a crash
-/// can lose only commands that were never acknowledged.
+/// Embedded mode: validation, sequence assignment, the sled insert and `apply` happen
+/// synchronously inside the handler, so the next command is validated against state that
+/// already includes this one's events. Only the wait for durability is asynchronous, which
+/// lets concurrent commands share one flush (group commit). A reply is sent only once its
+/// events are durable; a crash can lose only commands that were never acknowledged.
+///
+/// Cluster mode: commands take turns. Each is validated against the state at applied
+/// sequence S and its events published with "expected last sequence S": if another node
+/// appended first, the writer catches up and validates again. It replies once the replicator
+/// has applied the events here, so the caller reads its own write.
 pub struct Writer {
     state: Arc<State>,
     log: Arc<SledLog>,
     node_id: String,
+    /// `Some` in cluster mode: the stream is the log, and the replicator applies.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Writer {
@@ -50,6 +66,17 @@ impl Writer {
             state,
             log,
             node_id,
+            cluster: None,
+        }
+    }
+
+    /// A writer that publishes to the cluster's stream.
+    pub fn clustered(state: Arc<State>, log: Arc<SledLog>, cluster: Arc<Cluster>) -> Self {
+        Writer {
+            state,
+            log,
+            node_id: cluster.node_id.clone(),
+            cluster: Some(cluster),
         }
     }
 
@@ -79,6 +106,14 @@ impl Writer {
     }
 
     fn commit(&self, cmd: Command) -> ResponseFuture<Result<Vec<Envelope>, WriteError>> {
+        if let Some(cluster) = &self.cluster {
+            return Box::pin(execute_clustered(
+                self.state.clone(),
+                cluster.clone(),
+                cmd,
+                Utc::now(),
+            ));
+        }
         let outcome = self.execute_now(cmd, Utc::now());
         let log = self.log.clone();
         let state = self.state.clone();
@@ -115,7 +150,104 @@ impl Handler<FlushUsage> for Writer {
 
     fn handle(&mut self, _: FlushUsage, _: &mut Self::Context) -> Self::Result {
         let usage = self.state.rate_limits.drain();
-        let fut = self.commit(Command::RecordUsage(usage));
-        Box::pin(async move { Ok(fut.await?.len()) })
+        if usage.is_empty() {
+            return Box::pin(async { Ok(0) });
+        }
+        let fut = self.commit(Command::RecordUsage(usage.clone()));
+        let state = self.state.clone();
+        let clustered = self.cluster.is_some();
+        Box::pin(async move {
+            match fut.await {
+                Ok(envs) => Ok(envs.len()),
+                Err(e) => {
+                    if clustered && matches!(e, WriteError::Unavailable(_)) {
+                        // Not written: count them again in the next flush.
+                        state.rate_limits.restore(&usage);
+                    }
+                    Err(e)
+                }
+            }
+        })
     }
+}
+
+fn envelopes(events: Vec<Event>, after: u64, node_id: &str, at: DateTime<Utc>) -> Vec<Envelope> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| Envelope {
+            event_id: Uuid::new_v4(),
+            seq: after + 1 + i as u64,
+            occurred_at: at,
+            node_id: node_id.to_owned(),
+            event,
+        })
+        .collect()
+}
+
+/// Cluster mode's command path (see [`Writer`]).
+///
+/// A command of several events (regenerate; a usage flush) is validated once, against the
+/// state before its first event. If another node appends between two of its events, the rest
+/// follow at the next free sequences without validating again: they cannot have become
+/// invalid (a regenerated token's replacement is new to everyone; usage only adds).
+async fn execute_clustered(
+    state: Arc<State>,
+    cluster: Arc<Cluster>,
+    cmd: Command,
+    now: DateTime<Utc>,
+) -> Result<Vec<Envelope>, WriteError> {
+    let _turn = cluster.writer_turn.lock().await;
+    if state.is_poisoned() || cluster.is_halted() {
+        return Err(WriteError::Storage(
+            "this node cannot apply the event stream; restart it".into(),
+        ));
+    }
+    let timeout = cluster.settings.catchup_timeout;
+    let mut published: Vec<Envelope> = Vec::new();
+    let mut rest: Option<Vec<Event>> = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let base = state.applied_seq();
+        let events = match rest.take() {
+            Some(events) => events,
+            None => handle(&state, cmd.clone(), now)?,
+        };
+        if events.is_empty() {
+            return Ok(published);
+        }
+        let envs = envelopes(events, base, &cluster.node_id, now);
+        let mut conflict = false;
+        for (i, env) in envs.iter().enumerate() {
+            match cluster.bus.publish(env).await {
+                Ok(()) => published.push(env.clone()),
+                Err(PublishFailure::Conflict) => {
+                    conflict = true;
+                    if !published.is_empty() {
+                        rest = Some(envs[i..].iter().map(|e| e.event.clone()).collect());
+                    }
+                    break;
+                }
+                Err(PublishFailure::Unavailable(reason)) => {
+                    return Err(WriteError::Unavailable(reason));
+                }
+            }
+        }
+        if !conflict {
+            let last = published.last().map_or(base, |e| e.seq);
+            if !cluster.wait_applied(last, timeout).await {
+                return Err(WriteError::Unavailable(format!(
+                    "seq {last} was appended but not applied here in time"
+                )));
+            }
+            return Ok(published);
+        }
+        // Another node appended first: catch up with the stream, then try again.
+        cluster
+            .catch_up(timeout)
+            .await
+            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+    }
+    Err(WriteError::Unavailable(
+        "other nodes kept appending first; try again".into(),
+    ))
 }

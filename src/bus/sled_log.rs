@@ -231,6 +231,24 @@ impl SledLog {
         Ok(envs)
     }
 
+    /// Queues an envelope numbered elsewhere (cluster mode: by the stream), which must
+    /// follow the last one. Not durable until [`SledLog::wait_durable`] returns for it.
+    pub fn mirror(&self, env: &Envelope) -> Result<(), LogError> {
+        if let Some(reason) = &self.commit.state.lock().failed {
+            return Err(LogError::Failed(reason.clone()));
+        }
+        let mut q = self.queue.lock();
+        if env.seq != q.last_assigned + 1 {
+            return Err(LogError::Gap {
+                expected: q.last_assigned + 1,
+                found: env.seq,
+            });
+        }
+        q.pending.push((env.seq, encode_record(env)));
+        q.last_assigned = env.seq;
+        Ok(())
+    }
+
     /// Returns once everything up to `seq` is written and flushed. Concurrent callers share
     /// the work: one leader writes and flushes all that is queued, the rest wait for it.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), LogError> {

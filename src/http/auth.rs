@@ -9,7 +9,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, FromRequest, HttpRequest};
 use chrono::Utc;
-use futures_util::future::{ready, Ready};
+use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 use serde_json::json;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -61,16 +61,33 @@ fn app(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
 /// request has been counted.
 pub struct Caller(pub Verified);
 
+/// What the synchronous part of a check decided.
+enum Step {
+    Done(Result<Caller, ApiError>),
+    /// Cluster mode, a well-formed token this node does not know: it may have been issued on
+    /// another node a moment ago. Catch up with the stream and look again.
+    CatchUp(Arc<crate::cluster::Cluster>),
+}
+
 impl Caller {
-    fn check(req: &HttpRequest) -> Result<Caller, ApiError> {
-        let app = app(req)?;
+    fn check(req: &HttpRequest, after_catch_up: bool) -> Step {
+        let app = match app(req) {
+            Ok(app) => app,
+            Err(e) => return Step::Done(Err(e)),
+        };
         if app.state.is_poisoned() {
-            return Err(ApiError::retry_after(Code::ServiceUnavailable, 5));
+            return Step::Done(Err(ApiError::retry_after(Code::ServiceUnavailable, 5)));
+        }
+        if let Some(c) = &app.cluster {
+            if !c.is_fresh() {
+                // Bounded staleness: too long without confirming this node is caught up.
+                return Step::Done(Err(ApiError::retry_after(Code::ServiceUnavailable, 1)));
+            }
         }
         let now = Utc::now().timestamp();
         let ip = client_ip(req);
         if let Some(wait) = app.auth_throttle.blocked(ip, now) {
-            return Err(ApiError::retry_after(Code::AuthThrottled, wait));
+            return Step::Done(Err(ApiError::retry_after(Code::AuthThrottled, wait)));
         }
         let started = Instant::now();
         let outcome = match bearer_token(req.headers()) {
@@ -78,7 +95,13 @@ impl Caller {
             Some(token) => app.state.verify(token, now, &app.tiers),
         };
         app.metrics.verify_latency.observe(started.elapsed());
-        match outcome {
+        let outcome = match (outcome, &app.cluster) {
+            (Err(Denied::Unauthorized("unknown")), Some(c)) if !after_catch_up => {
+                return Step::CatchUp(c.clone());
+            }
+            (outcome, _) => outcome,
+        };
+        Step::Done(match outcome {
             Ok(v) => Ok(Caller(v)),
             Err(Denied::Unauthorized(reason)) => {
                 tracing::debug!(reason, "token rejected");
@@ -94,16 +117,35 @@ impl Caller {
                 Err(e)
             }
             Err(Denied::RateLimited(info)) => Err(ApiError::rate_limited(info, now)),
-        }
+        })
     }
 }
 
 impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Ready<Result<Self, Self::Error>>;
+    type Future = Either<
+        Ready<Result<Self, Self::Error>>,
+        LocalBoxFuture<'static, Result<Self, Self::Error>>,
+    >;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(Caller::check(req))
+        match Caller::check(req, false) {
+            Step::Done(r) => Either::Left(ready(r)),
+            Step::CatchUp(cluster) => {
+                let req = req.clone();
+                Either::Right(Box::pin(async move {
+                    let timeout = cluster.settings.catchup_timeout;
+                    if let Err(e) = cluster.catch_up(timeout).await {
+                        tracing::warn!(error = %e, "catch-up for an unknown token failed");
+                        return Err(ApiError::retry_after(Code::ServiceUnavailable, 1));
+                    }
+                    match Caller::check(&req, true) {
+                        Step::Done(r) => r,
+                        Step::CatchUp(_) => Err(ApiError::unauthorized()),
+                    }
+                }))
+            }
+        }
     }
 }
 

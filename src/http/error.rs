@@ -30,6 +30,7 @@ pub enum Code {
     TokenAlreadyRevoked,
     TokenLimitReached,
     ServiceUnavailable,
+    StreamUnavailable,
     Internal,
 }
 
@@ -70,6 +71,11 @@ impl Code {
                 "Token limit reached: revoke a token before generating another",
             ),
             Code::ServiceUnavailable => (503, "service_unavailable", "Service unavailable"),
+            Code::StreamUnavailable => (
+                503,
+                "stream_unavailable",
+                "The event stream is unavailable; try again",
+            ),
             Code::Internal => (500, "internal", "Internal server error"),
         }
     }
@@ -255,6 +261,10 @@ impl From<WriteError> for ApiError {
             WriteError::Storage(reason) => {
                 tracing::error!(%reason, "command failed in storage");
                 ApiError::retry_after(Code::ServiceUnavailable, 1)
+            }
+            WriteError::Unavailable(reason) => {
+                tracing::warn!(%reason, "command refused: event stream unavailable");
+                ApiError::retry_after(Code::StreamUnavailable, 1)
             }
         }
     }

@@ -15,8 +15,9 @@ pub mod public;
 pub mod throttle;
 pub mod tokens;
 
-use crate::actors::{Execute, FlushUsage, UsageFlusher, Writer};
-use crate::bus::{LogError, SledLog};
+use crate::actors::{replicator, Execute, FlushUsage, UsageFlusher, Writer};
+use crate::bus::{JetStreamBus, LogError, SledLog};
+use crate::cluster::Cluster;
 use crate::command::{Command, CommandError};
 use crate::config::Settings;
 use crate::domain::{Email, Password, Tier, UserName};
@@ -36,6 +37,8 @@ pub struct AppState {
     pub state: Arc<State>,
     pub writer: Addr<Writer>,
     pub log: Arc<SledLog>,
+    /// `Some` in cluster mode.
+    pub cluster: Option<Arc<Cluster>>,
     /// Per-tier limits, copied out of the settings so the verify path reads one small array.
     pub tiers: TierTable,
     pub settings: Arc<Settings>,
@@ -60,6 +63,8 @@ pub enum StartError {
     Listen { addr: String, reason: String },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("NATS: {0}")]
+    Nats(String),
     #[error("{0}")]
     Other(String),
 }
@@ -77,6 +82,9 @@ pub struct Application {
     tls: bool,
     writer: Addr<Writer>,
     log: Arc<SledLog>,
+    cluster: Option<Arc<Cluster>>,
+    /// Cluster mode's replicator and announcer.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     pub demo: Option<DemoUser>,
 }
 
@@ -243,7 +251,27 @@ impl Application {
     ) -> Result<Self, StartError> {
         let tls = load_tls(&settings)?;
         let (log, state) = open_and_replay(&settings)?;
-        let writer = Writer::new(state.clone(), log.clone(), settings.node_id.clone()).start();
+        let (writer, cluster, tasks) = match &settings.nats {
+            None => (
+                Writer::new(state.clone(), log.clone(), settings.node_id.clone()).start(),
+                None,
+                vec![],
+            ),
+            Some(url) => {
+                let bus = JetStreamBus::connect(url, &settings.node_id, settings.cluster.replicas)
+                    .await
+                    .map_err(StartError::Nats)?;
+                let cluster = Arc::new(Cluster::new(
+                    bus,
+                    settings.node_id.clone(),
+                    settings.cluster,
+                    state.applied_seq(),
+                ));
+                let tasks = replicator::start(cluster.clone(), state.clone(), log.clone());
+                let writer = Writer::clustered(state.clone(), log.clone(), cluster.clone()).start();
+                (writer, Some(cluster), tasks)
+            }
+        };
         UsageFlusher::new(writer.clone(), settings.usage_flush).start();
         let demo = if settings.demo {
             Some(ensure_demo_user(&state, &writer).await?)
@@ -264,6 +292,7 @@ impl Application {
             state: state.clone(),
             writer: writer.clone(),
             log: log.clone(),
+            cluster: cluster.clone(),
             tiers: settings.tier_table(),
             settings: settings.clone(),
             metrics: Arc::new(Metrics::new(ROUTES)),
@@ -337,6 +366,8 @@ impl Application {
             tls: is_tls,
             writer,
             log,
+            cluster,
+            tasks,
             demo,
         })
     }
@@ -374,7 +405,8 @@ impl Application {
         Ok(())
     }
 
-    /// Serves until stopped, then flushes usage and the log.
+    /// Serves until stopped, then flushes usage and the log. In cluster mode the node also
+    /// tells the others it is leaving, so revokes stop waiting for it.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
         match self.writer.send(FlushUsage).await {
@@ -382,7 +414,16 @@ impl Application {
             Ok(Err(e)) => tracing::error!(error = %e, "usage flush at shutdown failed"),
             Err(e) => tracing::error!(error = %e, "writer gone at shutdown"),
         }
-        if let Err(e) = self.log.flush_blocking() {
+        if let Some(c) = &self.cluster {
+            c.announce(true).await;
+            if let Err(e) = c.bus.client().flush().await {
+                tracing::debug!(error = %e, "NATS flush at shutdown failed");
+            }
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(e) = self.log.wait_durable(self.log.last_seq()).await {
             tracing::error!(error = %e, "final log flush failed");
         }
         Ok(())

@@ -10,10 +10,12 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"success": true, "status": "ok"}))
 }
 
-/// `GET /readyz`: 200 once the log has been replayed; 503 before.
+/// `GET /readyz`: 200 once the log has been replayed and, in cluster mode, the node is
+/// caught up with the stream; 503 before.
 pub async fn readyz(app: web::Data<AppState>) -> HttpResponse {
     let applied = app.state.applied_seq();
-    if app.ready.load(Ordering::Acquire) && !app.state.is_poisoned() {
+    let caught_up = app.cluster.as_ref().is_none_or(|c| c.is_fresh());
+    if app.ready.load(Ordering::Acquire) && !app.state.is_poisoned() && caught_up {
         HttpResponse::Ok().json(json!({"success": true, "status": "ready", "applied_seq": applied}))
     } else {
         HttpResponse::ServiceUnavailable()
@@ -24,7 +26,7 @@ pub async fn readyz(app: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /metrics`.
 pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
-    let gauges = [
+    let mut gauges = vec![
         (
             "snaptrack_applied_seq",
             "Sequence number of the last event applied on this node.",
@@ -47,10 +49,35 @@ pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
         ),
         (
             "snaptrack_live_tokens",
-            "Tokens in the index (issued, not revoked).",
+            "Tokens in the index (revoked and expired ones included).",
             app.state.tokens.len() as f64,
         ),
     ];
+    if let Some(c) = &app.cluster {
+        let stream_last = c.stream_last.load(Ordering::Relaxed);
+        gauges.extend([
+            (
+                "snaptrack_stream_last_seq",
+                "Last sequence of the JetStream stream at this node's last query.",
+                stream_last as f64,
+            ),
+            (
+                "snaptrack_stream_lag_events",
+                "Events in the stream (at the last query) not yet applied on this node.",
+                stream_last.saturating_sub(app.state.applied_seq()) as f64,
+            ),
+            (
+                "snaptrack_catchup_queries_total",
+                "Queries of the stream's last sequence (staleness probes and misses).",
+                c.catchup_queries() as f64,
+            ),
+            (
+                "snaptrack_cluster_fresh",
+                "1 while this node may answer token checks (bounded staleness).",
+                f64::from(u8::from(c.is_fresh())),
+            ),
+        ]);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(app.metrics.render(&gauges))

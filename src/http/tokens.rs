@@ -82,6 +82,7 @@ pub async fn revoke(
             owner,
         }))
         .await??;
+    let (propagated_to, pending) = propagate(app, &envs).await;
     app.metrics
         .revocation_propagation
         .observe(started.elapsed());
@@ -91,12 +92,20 @@ pub async fn revoke(
         "revoked": {
             "token_id": id,
             "revoked_at": revoked_at,
-            // Embedded mode: this node is the only node, and it applied the event before
-            // the writer replied.
-            "propagated_to": [app.settings.node_id],
-            "pending": [],
+            "propagated_to": propagated_to,
+            "pending": pending,
         }
     })))
+}
+
+/// The revocation barrier: which nodes have applied `envs`, and which have not yet. In
+/// embedded mode this node is the only node, and it applied the events before the writer
+/// replied.
+async fn propagate(app: &AppState, envs: &[crate::event::Envelope]) -> (Vec<String>, Vec<String>) {
+    match (&app.cluster, envs.last()) {
+        (Some(c), Some(last)) => c.barrier(last.seq).await,
+        _ => (vec![app.settings.node_id.clone()], vec![]),
+    }
 }
 
 /// Revokes `old` and issues its replacement in one atomic append.
@@ -114,5 +123,13 @@ pub async fn regenerate(
         hint: token.hint(),
     };
     let envs = app.writer.send(Execute(cmd)).await??;
+    // The old token stops working everywhere before the new one is shown.
+    let (_, pending) = propagate(app, &envs).await;
+    if !pending.is_empty() {
+        tracing::warn!(
+            ?pending,
+            "regenerated token's revocation not yet applied on every node"
+        );
+    }
     Ok(issued_response(&token, &envs))
 }

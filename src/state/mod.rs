@@ -22,13 +22,21 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A live token, as the verify path needs it: 32 bytes beside its 32-byte key.
+/// A token as the verify path needs it: 32 bytes beside its 32-byte key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveToken {
     pub token_id: TokenId,
     pub user_id: UserId,
-    /// Epoch seconds; `i64::MAX` when the token never expires.
+    /// Epoch seconds; `i64::MAX` when the token never expires, [`LiveToken::REVOKED`] once
+    /// revoked.
     pub expires_at: i64,
+}
+
+impl LiveToken {
+    /// `expires_at` of a revoked token. Revoked tokens stay in the index so that a check
+    /// knows them without asking anyone: in cluster mode an unknown token makes the node
+    /// catch up with the stream, and a leaked token's retries must not cause that.
+    pub const REVOKED: i64 = i64::MIN;
 }
 
 /// What `/test` shows of a user, and what the plan check needs.
@@ -93,8 +101,7 @@ pub struct ApplyError {
 
 /// Every projection of the log.
 pub struct State {
-    /// Token hash → live token. Revoked tokens are removed; expired ones stay and fail the
-    /// expiry check.
+    /// Token hash → token. Revoked and expired tokens stay and fail the expiry check.
     pub tokens: papaya::HashMap<TokenHash, LiveToken, RandomKeys>,
     /// User id → profile and plan. Replaced whole (an `Arc`) when the plan changes.
     pub users: papaya::HashMap<UserId, Arc<UserView>>,
@@ -227,7 +234,16 @@ impl State {
                     if rec.revoked_at.is_none() {
                         rec.revoked_at = Some(occurred_at);
                     }
-                    self.tokens.pin().remove(&rec.hash);
+                    let tokens = self.tokens.pin();
+                    if let Some(live) = tokens.get(&rec.hash) {
+                        tokens.insert(
+                            rec.hash,
+                            LiveToken {
+                                expires_at: LiveToken::REVOKED,
+                                ..*live
+                            },
+                        );
+                    }
                 }
             }
             Event::UsageRecorded(e) => {

@@ -20,18 +20,39 @@ pub struct RateInfo {
     /// Length of the window (for the IETF `RateLimit-Policy` field; not in the body).
     #[serde(skip)]
     pub window_secs: u32,
+    /// Refused because this node used its share of the window until the next sync, not
+    /// because the window is used up (cluster mode only; not in the body).
+    #[serde(skip)]
+    pub share_used: bool,
 }
 
 impl RateInfo {
-    /// Seconds until the window ends, at least 1 (for `Retry-After`).
+    /// Seconds until a retry can succeed, at least 1 (for `Retry-After`): the window's end,
+    /// or the next sync when only this node's share is used.
     pub fn retry_after(&self, now: i64) -> i64 {
-        (self.reset - now).max(1)
+        if self.share_used {
+            1
+        } else {
+            (self.reset - now).max(1)
+        }
     }
 }
 
-#[derive(Default)]
 pub struct RateLimits {
     buckets: papaya::HashMap<UserId, Bucket>,
+    /// Live nodes sharing each user's limit (1 in embedded mode). Between two syncs a node
+    /// admits at most its share, `(limit - logged) / nodes`, of what the window has left,
+    /// which bounds how far K nodes hammered at once can overshoot the limit together.
+    nodes: std::sync::atomic::AtomicU32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            buckets: papaya::HashMap::default(),
+            nodes: std::sync::atomic::AtomicU32::new(1),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -97,14 +118,21 @@ impl RateLimits {
             b.roll_to(start, window_secs);
         }
         let reset = b.window_start + i64::from(b.window_secs);
-        let used = b.logged.saturating_add(b.local).saturating_add(b.in_flight);
+        let unsynced = b.local.saturating_add(b.in_flight);
+        let used = b.logged.saturating_add(unsynced);
+        let refused = |share_used| RateInfo {
+            limit,
+            remaining: 0,
+            reset,
+            window_secs,
+            share_used,
+        };
         if used >= limit {
-            return Err(RateInfo {
-                limit,
-                remaining: 0,
-                reset,
-                window_secs,
-            });
+            return Err(refused(false));
+        }
+        let nodes = self.nodes.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        if nodes > 1 && unsynced >= ((limit - b.logged) / nodes).max(1) {
+            return Err(refused(true));
         }
         b.local += 1;
         match b.tallies.iter_mut().find(|t| t.0 == token) {
@@ -119,7 +147,40 @@ impl RateLimits {
             remaining: limit - used - 1,
             reset,
             window_secs,
+            share_used: false,
         })
+    }
+
+    /// Sets how many live nodes share each limit (cluster mode's presence).
+    pub fn set_nodes(&self, nodes: u32) {
+        self.nodes
+            .store(nodes.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gives back counts drained into events that were never written (the stream was
+    /// unavailable), so the next flush carries them.
+    pub fn restore(&self, events: &[UsageRecorded]) {
+        let map = self.buckets.pin();
+        for e in events {
+            let bucket = map.get_or_insert_with(e.user_id, Bucket::default);
+            let mut b = bucket.inner.lock();
+            if e.window_start == b.window_start && e.window_secs == b.window_secs {
+                b.in_flight = b.in_flight.saturating_sub(e.requests);
+                b.local += e.requests;
+            } else if e.requests > 0 {
+                b.carried.push((e.window_start, e.window_secs, e.requests));
+            }
+            for t in &e.tokens {
+                let last = t.last_used_at.timestamp();
+                match b.tallies.iter_mut().find(|x| x.0 == t.token_id) {
+                    Some(x) => {
+                        x.1 += t.requests;
+                        x.2 = x.2.max(last);
+                    }
+                    None => b.tallies.push((t.token_id, t.requests, last)),
+                }
+            }
+        }
     }
 
     /// Usage of `user` in its current window as this node knows it (for dashboards, tests).
@@ -244,6 +305,42 @@ mod tests {
             windows.contains(&(0, 1)) && windows.contains(&(60, 1)),
             "{windows:?}"
         );
+    }
+
+    #[test]
+    fn with_three_nodes_each_admits_its_share_until_synced() {
+        let rl = RateLimits::default();
+        rl.set_nodes(3);
+        let t = TokenId::new();
+        for _ in 0..3 {
+            rl.try_admit(U, t, 0, 10, 60).unwrap();
+        }
+        let refused = rl.try_admit(U, t, 0, 10, 60).unwrap_err();
+        assert!(refused.share_used);
+        assert_eq!(refused.retry_after(0), 1);
+        // Synced: 3 logged, (10 - 3) / 3 = 2 more.
+        let events = rl.drain();
+        rl.apply(&events[0], true);
+        for _ in 0..2 {
+            rl.try_admit(U, t, 0, 10, 60).unwrap();
+        }
+        assert!(rl.try_admit(U, t, 0, 10, 60).unwrap_err().share_used);
+    }
+
+    #[test]
+    fn restored_counts_are_flushed_again() {
+        let rl = RateLimits::default();
+        let t = TokenId::new();
+        for _ in 0..2 {
+            rl.try_admit(U, t, 0, 10, 60).unwrap();
+        }
+        let events = rl.drain();
+        rl.restore(&events);
+        assert_eq!(rl.used(U), 2);
+        let again = rl.drain();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].requests, 2);
+        assert_eq!(again[0].tokens[0].requests, 2);
     }
 
     #[test]

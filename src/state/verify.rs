@@ -58,7 +58,13 @@ impl State {
             *tokens.get(&hash).ok_or(Denied::Unauthorized("unknown"))?
         };
         if live.expires_at <= now {
-            return Err(Denied::Unauthorized("expired"));
+            return Err(Denied::Unauthorized(
+                if live.expires_at == super::LiveToken::REVOKED {
+                    "revoked"
+                } else {
+                    "expired"
+                },
+            ));
         }
         let user = self
             .users

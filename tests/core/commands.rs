@@ -9,6 +9,7 @@ use snaptrack_auth::domain::{
     ApiToken, Email, Subscription, SubscriptionStatus, Tier, TokenId, TokenName, UserId, UserName,
 };
 use snaptrack_auth::event::{Event, RevokeReason};
+use snaptrack_auth::state::LiveToken;
 
 pub fn register(email: &str, tier: Tier) -> Command {
     Command::RegisterUser {
@@ -109,7 +110,8 @@ fn revoking_checks_owner_and_state() {
         matches!(&events[..], [Event::TokenRevoked(r)] if r.token_id == id && r.reason == RevokeReason::Revoked)
     );
     assert_eq!(when(&core, mine), Err(CommandError::AlreadyRevoked));
-    assert!(core.state.tokens.pin().get(&t.hash()).is_none());
+    let entry = core.state.tokens.pin().get(&t.hash()).copied();
+    assert_eq!(entry.map(|l| l.expires_at), Some(LiveToken::REVOKED));
 }
 
 #[test]
@@ -137,8 +139,9 @@ fn regenerating_revokes_and_issues_in_one_append() {
         if r.reason == RevokeReason::Regenerated && i.token_id == new_id && i.name == "ci")
     );
     assert_eq!(core.log.last_seq(), before + 2);
-    assert!(core.state.tokens.pin().get(&old.hash()).is_none());
-    assert!(core.state.tokens.pin().get(&new.hash()).is_some());
+    let expiry = |t: &ApiToken| core.state.tokens.pin().get(&t.hash()).map(|l| l.expires_at);
+    assert_eq!(expiry(&old), Some(LiveToken::REVOKED));
+    assert_eq!(expiry(&new), Some(i64::MAX));
 }
 
 #[test]

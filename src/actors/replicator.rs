@@ -1,0 +1,217 @@
+//! Cluster mode's two background tasks.
+//!
+//! - The replicator mirrors the stream into the local sled log, by stream sequence, and
+//!   applies each event to the projections: the "apply" flow for own and others' events
+//!   alike. It resumes from the local log's last sequence, skips redeliveries, and on a gap
+//!   starts a new consumer from the first missing sequence, so no event is applied twice or
+//!   out of order.
+//! - The announcer says on `snaptrack.auth.nodes` how far this node has applied, hears the
+//!   others, and checks every interval that the node is caught up (bounded staleness).
+//!
+//! They are tokio tasks rather than actors: each is one loop over a stream or a timer, and
+//! nothing sends them messages.
+
+use crate::bus::SledLog;
+use crate::cluster::{Announcement, Cluster};
+use crate::event::{Envelope, Event};
+use crate::state::State;
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Pause before reconnecting a consumer that failed.
+const RETRY: Duration = Duration::from_millis(100);
+/// A consumer that makes no progress for this long while the stream is ahead is replaced.
+const STALL: Duration = Duration::from_millis(500);
+
+/// Starts the replicator and the announcer. Abort the handles to stop them.
+pub fn start(
+    cluster: Arc<Cluster>,
+    state: Arc<State>,
+    log: Arc<SledLog>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(replicate(cluster.clone(), state.clone(), log)),
+        tokio::spawn(announce(cluster, state)),
+    ]
+}
+
+async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) {
+    let flushing = Arc::new(AtomicBool::new(false));
+    loop {
+        if let Err(e) = cluster.bus.ensure_stream().await {
+            tracing::warn!(error = %e, "stream not available; retrying");
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
+        let start = state.applied_seq() + 1;
+        let mut messages = match cluster.bus.consume_from(start).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot consume the stream; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        tracing::debug!(from = start, "consuming the stream");
+        // A consumer can outlive its server (NATS restarted) and then wait forever. The
+        // staleness probe knows how far the stream goes: no progress while behind it for a
+        // whole tick means a new consumer.
+        let mut watchdog = tokio::time::interval(STALL);
+        watchdog.tick().await;
+        let mut progress = state.applied_seq();
+        loop {
+            let item = tokio::select! {
+                item = messages.next() => item,
+                _ = watchdog.tick() => {
+                    let applied = state.applied_seq();
+                    if applied == progress && cluster.stream_last.load(Ordering::Relaxed) > applied {
+                        tracing::warn!(applied, "stream consumer stalled; reconnecting");
+                        break;
+                    }
+                    progress = applied;
+                    continue;
+                }
+            };
+            let Some(item) = item else { break };
+            match receive(&cluster, &state, &log, item).await {
+                Received::Applied => {}
+                Received::Skipped => continue,
+                Received::Reconnect => break,
+                Received::Halt => return,
+            }
+            if !flushing.swap(true, Ordering::AcqRel) {
+                let (log, flushing, state) = (log.clone(), flushing.clone(), state.clone());
+                tokio::spawn(async move {
+                    // The mirror is a cache of the stream: a lost tail is fetched again at
+                    // restart, so nothing waits for this flush.
+                    if let Err(e) = log.wait_durable(log.last_seq()).await {
+                        tracing::error!(error = %e, "local mirror write failed; node fails closed");
+                        state.poison();
+                    }
+                    flushing.store(false, Ordering::Release);
+                });
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+enum Received {
+    Applied,
+    /// Delivered again after a reconnect: already applied.
+    Skipped,
+    /// The consumer failed or skipped ahead: start a new one from the next sequence.
+    Reconnect,
+    /// An event this node cannot apply: it fails closed.
+    Halt,
+}
+
+/// Mirrors and applies one delivered message, if it is the next one.
+async fn receive(
+    cluster: &Cluster,
+    state: &State,
+    log: &SledLog,
+    item: Result<jetstream::Message, impl std::fmt::Display>,
+) -> Received {
+    let msg = match item {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "stream consumer failed; reconnecting");
+            return Received::Reconnect;
+        }
+    };
+    let seq = match msg.info() {
+        Ok(info) => info.stream_sequence,
+        Err(e) => {
+            tracing::warn!(error = %e, "message without stream metadata; reconnecting");
+            return Received::Reconnect;
+        }
+    };
+    let expected = state.applied_seq() + 1;
+    if seq < expected {
+        return Received::Skipped;
+    }
+    if seq > expected {
+        tracing::warn!(expected, found = seq, "gap in the stream; refetching");
+        return Received::Reconnect;
+    }
+    let env = match Envelope::decode(&msg.payload, seq) {
+        Ok(env) if env.seq == seq => env,
+        Ok(env) => return halt(cluster, seq, &format!("envelope says seq {}", env.seq)),
+        Err(e) => return halt(cluster, seq, &e.to_string()),
+    };
+    let revocation = matches!(env.event, Event::TokenRevoked(_));
+    if let Err(e) = log.mirror(&env) {
+        state.poison();
+        return halt(cluster, seq, &e.to_string());
+    }
+    if let Err(e) = state.apply_owned(env) {
+        return halt(cluster, seq, &e.to_string());
+    }
+    cluster.applied(seq);
+    if revocation {
+        // The revoking node is waiting for everyone to say they have it.
+        cluster.announce(false).await;
+    }
+    Received::Applied
+}
+
+fn halt(cluster: &Cluster, seq: u64, reason: &str) -> Received {
+    tracing::error!(
+        seq,
+        reason,
+        "cannot apply an event from the stream; the node fails closed"
+    );
+    cluster.halt();
+    Received::Halt
+}
+
+async fn announce(cluster: Arc<Cluster>, state: Arc<State>) {
+    let mut sub = loop {
+        match cluster
+            .bus
+            .client()
+            .subscribe(crate::bus::PRESENCE_SUBJECT)
+            .await
+        {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to presence; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(cluster.settings.presence_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let probing = Arc::new(AtomicBool::new(false));
+    loop {
+        tokio::select! {
+            msg = sub.next() => {
+                let Some(msg) = msg else { return };
+                match serde_json::from_slice::<Announcement>(&msg.payload) {
+                    Ok(a) => cluster.peers.heard(a, Instant::now()),
+                    Err(e) => tracing::debug!(error = %e, "ignoring a malformed announcement"),
+                }
+            }
+            _ = tick.tick() => {
+                cluster.announce(false).await;
+                let live = cluster.peers.live_count(Instant::now());
+                state.rate_limits.set_nodes(live as u32);
+                // The staleness probe runs beside the loop, so announcements keep flowing
+                // while NATS is slow.
+                if !probing.swap(true, Ordering::AcqRel) {
+                    let (cluster, probing) = (cluster.clone(), probing.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = cluster.catch_up(cluster.settings.max_staleness).await {
+                            tracing::debug!(error = %e, "staleness probe failed");
+                        }
+                        probing.store(false, Ordering::Release);
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+use crate::event::Envelope;
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use std::time::Duration;
+
+/// The stream every node writes to and mirrors.
+pub const STREAM: &str = "SNAPTRACK_AUTH";
+/// The subjects the stream captures: one per event type.
+pub const SUBJECTS: &str = "snaptrack.auth.v1.>";
+/// Where nodes announce themselves and their applied sequence (core NATS, not in the stream).
+pub const PRESENCE_SUBJECT: &str = "snaptrack.auth.nodes";
+
+/// The subject of an event type: `token_revoked` → `snaptrack.auth.v1.token.revoked`.
+pub fn subject(kind: &str) -> String {
+    format!("snaptrack.auth.v1.{}", kind.replace('_', "."))
+}
+
+/// Why a publish did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishFailure {
+    /// Another node appended first: the stream's last sequence is not the one this node
+    /// validated the command against. Catch up and try again.
+    #[error("another node appended first")]
+    Conflict,
+    /// NATS or the stream did not answer in time, or refused for another reason.
+    #[error("the event stream is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A connection to NATS and the JetStream stream `SNAPTRACK_AUTH`.
+///
+/// Publishing is optimistic concurrency: each event is published with
+/// `Nats-Expected-Last-Sequence` set to the sequence the writer validated against, so the
+/// stream accepts it only if nothing was appended in between, and the envelope's `seq` is
+/// exactly its stream sequence. `Nats-Msg-Id` is the event id, so a retried publish is
+/// stored once.
+#[derive(Clone)]
+pub struct JetStreamBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    replicas: usize,
+}
+
+impl JetStreamBus {
+    /// Connects to `url`. Returns at once: the client connects (and later reconnects) in
+    /// the background, and every operation fails with "unavailable" until it has.
+    pub async fn connect(url: &str, node_id: &str, replicas: usize) -> Result<Self, String> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("snaptrack-auth {node_id}"))
+            .retry_on_initial_connect()
+            // Reconnect quickly: while disconnected, commands fail and checks go stale.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(1000))
+            })
+            .connection_timeout(Duration::from_secs(2))
+            .connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(1))
+            .build(client.clone());
+        Ok(JetStreamBus {
+            client,
+            js,
+            replicas,
+        })
+    }
+
+    /// The core NATS client (presence).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Creates the stream unless it exists.
+    pub async fn ensure_stream(&self) -> Result<(), String> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: STREAM.into(),
+                subjects: vec![SUBJECTS.into()],
+                storage: stream::StorageType::File,
+                num_replicas: self.replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot open stream {STREAM}: {e}"))
+    }
+
+    /// Publishes `env` on its subject, accepted only if the stream's last sequence is
+    /// `env.seq - 1`.
+    pub async fn publish(&self, env: &Envelope) -> Result<(), PublishFailure> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(env.to_json().into())
+            .message_id(env.event_id.to_string())
+            .expected_last_sequence(env.seq - 1);
+        let unavailable = |e: &dyn std::fmt::Display| PublishFailure::Unavailable(e.to_string());
+        let ack = self
+            .js
+            .send_publish(subject(env.event.kind()), publish)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .await
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::WrongLastSequence => PublishFailure::Conflict,
+                _ => unavailable(&e),
+            })?;
+        if ack.sequence != env.seq {
+            // Only a duplicate of an earlier publish of the same event id can land elsewhere.
+            return Err(PublishFailure::Unavailable(format!(
+                "stream stored event {} at seq {}, expected {}",
+                env.event_id, ack.sequence, env.seq
+            )));
+        }
+        Ok(())
+    }
+
+    /// The stream's last sequence.
+    pub async fn last_seq(&self) -> Result<u64, String> {
+        let stream = self
+            .js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| format!("stream {STREAM} unavailable: {e}"))?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
+
+    /// An ordered consumer delivering every event from `start` (inclusive), in order.
+    pub async fn consume_from(&self, start: u64) -> Result<consumer::pull::Ordered, String> {
+        let stream = self
+            .js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| format!("stream {STREAM} unavailable: {e}"))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot create a consumer on {STREAM}: {e}"))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| format!("cannot consume {STREAM}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subjects_follow_the_contract() {
+        assert_eq!(
+            super::subject("token_revoked"),
+            "snaptrack.auth.v1.token.revoked"
+        );
+        assert_eq!(
+            super::subject("usage_recorded"),
+            "snaptrack.auth.v1.usage.recorded"
+        );
+    }
+}

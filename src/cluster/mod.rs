@@ -1,0 +1,271 @@
+//! Cluster mode's shared knowledge: how far this node has applied the stream, which other
+//! nodes are live and how far they have applied, whether this node is fresh enough to answer
+//! token checks, and the one coalesced catch-up query.
+//!
+//! Owns: the guarantees of DESIGN.md's "Consistency guarantees" — read-your-writes on a miss
+//! ([`Cluster::catch_up`]), the revocation barrier ([`Cluster::barrier`]) and bounded
+//! staleness ([`Cluster::is_fresh`]). May not touch: the projections (the replicator
+//! applies; this module only hears how far it got).
+
+mod presence;
+
+pub use presence::{Announcement, Peers};
+
+use crate::bus::JetStreamBus;
+use crate::config::ClusterSettings;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Why a node cannot answer a token check.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatchUpError {
+    #[error("the event stream is unavailable: {0}")]
+    Unavailable(String),
+    #[error("not caught up with the stream within the time allowed")]
+    TimedOut,
+    #[error("the stream ends at seq {stream} but this node applied seq {applied}: was the stream recreated?")]
+    Diverged { stream: u64, applied: u64 },
+}
+
+/// One node's view of the cluster.
+pub struct Cluster {
+    pub bus: JetStreamBus,
+    pub node_id: String,
+    pub settings: ClusterSettings,
+    /// The replicator's applied sequence; waiters (the writer, catch-ups) watch it.
+    applied: watch::Sender<u64>,
+    pub peers: Peers,
+    /// Time origin of the millisecond clocks below.
+    epoch: Instant,
+    /// When (ms after `epoch`) the node last confirmed it had applied everything the stream
+    /// held at that moment; 0 means never.
+    fresh_ms: AtomicU64,
+    /// Set when the replicator met an event it cannot apply: the node fails closed.
+    halted: AtomicBool,
+    /// The stream's last sequence at the last query (for the replication-lag metric).
+    pub stream_last: AtomicU64,
+    catchup: CatchUpQuery,
+    /// Serialises the writer's commands: each is validated against the state that includes
+    /// the previous one. A tokio mutex, since it is held across the publish `.await`.
+    pub writer_turn: tokio::sync::Mutex<()>,
+}
+
+/// Coalesces catch-up queries: a query in flight serves only the misses that arrived before
+/// it was sent (so read-your-writes holds); misses arriving during it share the next one.
+struct CatchUpQuery {
+    /// A std mutex: held for a few assignments, never across an `.await`.
+    st: parking_lot::Mutex<QueryState>,
+    done: tokio::sync::Notify,
+    /// Queries sent (for metrics and the tests that garbage never causes one).
+    pub sent: AtomicU64,
+}
+
+struct QueryState {
+    /// Tickets handed out to misses.
+    issued: u64,
+    /// Every ticket up to this one has its answer in `result`.
+    served: u64,
+    running: bool,
+    /// The stream's last sequence and when it was asked for.
+    result: Result<(u64, Instant), CatchUpError>,
+}
+
+impl Cluster {
+    pub fn new(
+        bus: JetStreamBus,
+        node_id: String,
+        settings: ClusterSettings,
+        applied: u64,
+    ) -> Self {
+        Cluster {
+            bus,
+            node_id: node_id.clone(),
+            settings,
+            applied: watch::Sender::new(applied),
+            peers: Peers::new(node_id, settings.presence_interval * 3),
+            epoch: Instant::now(),
+            fresh_ms: AtomicU64::new(0),
+            halted: AtomicBool::new(false),
+            stream_last: AtomicU64::new(0),
+            catchup: CatchUpQuery {
+                st: parking_lot::Mutex::new(QueryState {
+                    issued: 0,
+                    served: 0,
+                    running: false,
+                    result: Err(CatchUpError::TimedOut),
+                }),
+                done: tokio::sync::Notify::new(),
+                sent: AtomicU64::new(0),
+            },
+            writer_turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Called by the replicator after applying `seq`.
+    pub fn applied(&self, seq: u64) {
+        self.applied.send_replace(seq);
+    }
+
+    pub fn applied_seq(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the replicator has applied `seq`, for at most `timeout`.
+    pub async fn wait_applied(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|a| *a >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Marks the node as having met an event it cannot apply.
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::Release);
+    }
+
+    pub fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
+    }
+
+    fn ms_since_epoch(&self, t: Instant) -> u64 {
+        // +1 so that a confirmation in the very first millisecond is not "never".
+        t.saturating_duration_since(self.epoch).as_millis() as u64 + 1
+    }
+
+    /// Records that at `at` the node had applied everything the stream then held.
+    pub fn mark_fresh(&self, at: Instant) {
+        self.fresh_ms
+            .fetch_max(self.ms_since_epoch(at), Ordering::AcqRel);
+    }
+
+    /// Whether token checks may be answered: the node confirmed it was caught up within
+    /// `max_staleness`, and has not halted.
+    pub fn is_fresh(&self) -> bool {
+        let fresh = self.fresh_ms.load(Ordering::Acquire);
+        fresh != 0
+            && !self.is_halted()
+            && self.ms_since_epoch(Instant::now()).saturating_sub(fresh)
+                <= self.settings.max_staleness.as_millis() as u64
+    }
+
+    /// How many catch-up queries this node has sent.
+    pub fn catchup_queries(&self) -> u64 {
+        self.catchup.sent.load(Ordering::Relaxed)
+    }
+
+    /// The stream's last sequence, asked by one query shared with every concurrent caller
+    /// that arrived before it was sent.
+    async fn stream_last_seq(self: &Arc<Self>) -> Result<(u64, Instant), CatchUpError> {
+        let ticket = {
+            let mut st = self.catchup.st.lock();
+            st.issued += 1;
+            st.issued
+        };
+        loop {
+            let notified = self.catchup.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let lead = {
+                let mut st = self.catchup.st.lock();
+                if st.served >= ticket {
+                    return st.result.clone();
+                }
+                !std::mem::replace(&mut st.running, true)
+            };
+            if lead {
+                // The query runs in its own task, so a caller that gives up (its client went
+                // away) cannot leave the others waiting for an answer that never comes.
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let batch = me.catchup.st.lock().issued;
+                    let asked = Instant::now();
+                    me.catchup.sent.fetch_add(1, Ordering::Relaxed);
+                    let result = me
+                        .bus
+                        .last_seq()
+                        .await
+                        .map(|l| (l, asked))
+                        .map_err(CatchUpError::Unavailable);
+                    if let Ok((l, _)) = result {
+                        me.stream_last.fetch_max(l, Ordering::Relaxed);
+                    }
+                    {
+                        let mut st = me.catchup.st.lock();
+                        st.running = false;
+                        st.served = batch;
+                        st.result = result;
+                    }
+                    me.catchup.done.notify_waiters();
+                });
+            }
+            notified.await;
+        }
+    }
+
+    /// Catches up with the stream as it is now: asks for its last sequence (coalesced) and
+    /// waits until the replicator has applied it. On success the node is fresh as of the
+    /// moment of the query.
+    pub async fn catch_up(self: &Arc<Self>, timeout: Duration) -> Result<(), CatchUpError> {
+        let (last, asked) = self.stream_last_seq().await?;
+        let applied = self.applied_seq();
+        if last < applied {
+            // The stream lost events this node has applied: serving from this state could
+            // contradict the stream, and new appends would never be accepted. Fail closed.
+            let e = CatchUpError::Diverged {
+                stream: last,
+                applied,
+            };
+            tracing::error!(error = %e, "the node fails closed");
+            self.halt();
+            return Err(e);
+        }
+        if self.wait_applied(last, timeout).await {
+            self.mark_fresh(asked);
+            Ok(())
+        } else {
+            Err(CatchUpError::TimedOut)
+        }
+    }
+
+    /// The revocation barrier: waits until every live node has announced an applied sequence
+    /// of at least `seq`, or `revoke_wait` has passed. Returns (applied, pending) node ids;
+    /// this node is among the first, since the writer replied only after applying.
+    pub async fn barrier(&self, seq: u64) -> (Vec<String>, Vec<String>) {
+        let deadline = Instant::now() + self.settings.revoke_wait;
+        loop {
+            let changed = self.peers.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (mut done, pending) = self.peers.split_at(seq, Instant::now());
+            if self.applied_seq() >= seq {
+                done.insert(0, self.node_id.clone());
+            }
+            let now = Instant::now();
+            if pending.is_empty() || now >= deadline {
+                return (done, pending);
+            }
+            let _ = tokio::time::timeout(deadline - now, changed).await;
+        }
+    }
+
+    /// Announces this node and its applied sequence to the others.
+    pub async fn announce(&self, leaving: bool) {
+        let msg = Announcement {
+            node_id: self.node_id.clone(),
+            applied_seq: self.applied_seq(),
+            leaving,
+        };
+        if let Ok(bytes) = serde_json::to_vec(&msg) {
+            if let Err(e) = self
+                .bus
+                .client()
+                .publish(crate::bus::PRESENCE_SUBJECT, bytes.into())
+                .await
+            {
+                tracing::debug!(error = %e, "presence not sent");
+            }
+        }
+    }
+}
