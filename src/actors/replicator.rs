@@ -195,11 +195,12 @@ async fn announce(cluster: Arc<Cluster>, state: Arc<State>) {
                     Ok(a) => cluster.peers.heard(a, Instant::now()),
                     Err(e) => tracing::debug!(error = %e, "ignoring a malformed announcement"),
                 }
+                // Each limit is shared by the live nodes (see `RateLimits`).
+                state.rate_limits.set_nodes(cluster.peers.live_count(Instant::now()) as u32);
             }
             _ = tick.tick() => {
                 cluster.announce(false).await;
-                let live = cluster.peers.live_count(Instant::now());
-                state.rate_limits.set_nodes(live as u32);
+                state.rate_limits.set_nodes(cluster.peers.live_count(Instant::now()) as u32);
                 // The staleness probe runs beside the loop, so announcements keep flowing
                 // while NATS is slow.
                 if !probing.swap(true, Ordering::AcqRel) {

@@ -149,25 +149,15 @@ impl Handler<FlushUsage> for Writer {
     type Result = ResponseFuture<Result<usize, WriteError>>;
 
     fn handle(&mut self, _: FlushUsage, _: &mut Self::Context) -> Self::Result {
+        if let Some(cluster) = &self.cluster {
+            return Box::pin(flush_clustered(self.state.clone(), cluster.clone()));
+        }
         let usage = self.state.rate_limits.drain();
         if usage.is_empty() {
             return Box::pin(async { Ok(0) });
         }
-        let fut = self.commit(Command::RecordUsage(usage.clone()));
-        let state = self.state.clone();
-        let clustered = self.cluster.is_some();
-        Box::pin(async move {
-            match fut.await {
-                Ok(envs) => Ok(envs.len()),
-                Err(e) => {
-                    if clustered && matches!(e, WriteError::Unavailable(_)) {
-                        // Not written: count them again in the next flush.
-                        state.rate_limits.restore(&usage);
-                    }
-                    Err(e)
-                }
-            }
-        })
+        let fut = self.commit(Command::RecordUsage(usage));
+        Box::pin(async move { Ok(fut.await?.len()) })
     }
 }
 
@@ -198,6 +188,45 @@ async fn execute_clustered(
     now: DateTime<Utc>,
 ) -> Result<Vec<Envelope>, WriteError> {
     let _turn = cluster.writer_turn.lock().await;
+    publish_command(&state, &cluster, cmd, now).await
+}
+
+/// Cluster mode's usage flush. The counts are drained inside the writer's turn, so a flush
+/// returns only once every count drained before it was asked for is applied here: a request
+/// that found its node's share of a limit used can ask for one and then look again.
+async fn flush_clustered(state: Arc<State>, cluster: Arc<Cluster>) -> Result<usize, WriteError> {
+    let _turn = cluster.writer_turn.lock().await;
+    let usage = state.rate_limits.drain();
+    if usage.is_empty() {
+        return Ok(0);
+    }
+    match publish_command(
+        &state,
+        &cluster,
+        Command::RecordUsage(usage.clone()),
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(envs) => Ok(envs.len()),
+        Err(e) => {
+            if matches!(e, WriteError::Unavailable(_)) {
+                // Not written (or, rarely, written but not acknowledged): count them again
+                // in the next flush. Counting twice errs on the side of the limit.
+                state.rate_limits.restore(&usage);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Validates, publishes and waits until applied; the caller holds the writer's turn.
+async fn publish_command(
+    state: &Arc<State>,
+    cluster: &Arc<Cluster>,
+    cmd: Command,
+    now: DateTime<Utc>,
+) -> Result<Vec<Envelope>, WriteError> {
     if state.is_poisoned() || cluster.is_halted() {
         return Err(WriteError::Storage(
             "this node cannot apply the event stream; restart it".into(),
@@ -210,7 +239,7 @@ async fn execute_clustered(
         let base = state.applied_seq();
         let events = match rest.take() {
             Some(events) => events,
-            None => handle(&state, cmd.clone(), now)?,
+            None => handle(state, cmd.clone(), now)?,
         };
         if events.is_empty() {
             return Ok(published);

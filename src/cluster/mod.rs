@@ -29,6 +29,18 @@ pub enum CatchUpError {
     Diverged { stream: u64, applied: u64 },
 }
 
+/// A catch-up query's answer.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    /// The stream's last sequence.
+    last: u64,
+    /// When the query was sent.
+    at: Instant,
+    /// This node's applied sequence when the query was sent: the stream held at least that
+    /// much then, unless it lost events.
+    applied: u64,
+}
+
 /// One node's view of the cluster.
 pub struct Cluster {
     pub bus: JetStreamBus,
@@ -58,8 +70,10 @@ struct CatchUpQuery {
     /// A std mutex: held for a few assignments, never across an `.await`.
     st: parking_lot::Mutex<QueryState>,
     done: tokio::sync::Notify,
-    /// Queries sent (for metrics and the tests that garbage never causes one).
-    pub sent: AtomicU64,
+    /// Queries sent (for metrics and the tests that concurrent misses share one).
+    sent: AtomicU64,
+    /// Token checks that missed and asked for a catch-up (garbage never does).
+    misses: AtomicU64,
 }
 
 struct QueryState {
@@ -68,8 +82,8 @@ struct QueryState {
     /// Every ticket up to this one has its answer in `result`.
     served: u64,
     running: bool,
-    /// The stream's last sequence and when it was asked for.
-    result: Result<(u64, Instant), CatchUpError>,
+    /// The answer: see [`Asked`].
+    result: Result<Asked, CatchUpError>,
 }
 
 impl Cluster {
@@ -98,6 +112,7 @@ impl Cluster {
                 }),
                 done: tokio::sync::Notify::new(),
                 sent: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
             },
             writer_turn: tokio::sync::Mutex::new(()),
         }
@@ -150,14 +165,26 @@ impl Cluster {
                 <= self.settings.max_staleness.as_millis() as u64
     }
 
-    /// How many catch-up queries this node has sent.
+    /// How many queries of the stream's last sequence this node has sent (staleness probes
+    /// and catch-ups after misses, coalesced).
     pub fn catchup_queries(&self) -> u64 {
         self.catchup.sent.load(Ordering::Relaxed)
     }
 
+    /// How many token checks missed the index and caught up before answering.
+    pub fn catchup_misses(&self) -> u64 {
+        self.catchup.misses.load(Ordering::Relaxed)
+    }
+
+    /// A token check missed: catch up before answering it (read-your-writes).
+    pub async fn catch_up_after_miss(self: &Arc<Self>) -> Result<(), CatchUpError> {
+        self.catchup.misses.fetch_add(1, Ordering::Relaxed);
+        self.catch_up(self.settings.catchup_timeout).await
+    }
+
     /// The stream's last sequence, asked by one query shared with every concurrent caller
     /// that arrived before it was sent.
-    async fn stream_last_seq(self: &Arc<Self>) -> Result<(u64, Instant), CatchUpError> {
+    async fn stream_last_seq(self: &Arc<Self>) -> Result<Asked, CatchUpError> {
         let ticket = {
             let mut st = self.catchup.st.lock();
             st.issued += 1;
@@ -180,16 +207,16 @@ impl Cluster {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let batch = me.catchup.st.lock().issued;
-                    let asked = Instant::now();
+                    let (at, applied) = (Instant::now(), me.applied_seq());
                     me.catchup.sent.fetch_add(1, Ordering::Relaxed);
                     let result = me
                         .bus
                         .last_seq()
                         .await
-                        .map(|l| (l, asked))
+                        .map(|last| Asked { last, at, applied })
                         .map_err(CatchUpError::Unavailable);
-                    if let Ok((l, _)) = result {
-                        me.stream_last.fetch_max(l, Ordering::Relaxed);
+                    if let Ok(a) = result {
+                        me.stream_last.fetch_max(a.last, Ordering::Relaxed);
                     }
                     {
                         let mut st = me.catchup.st.lock();
@@ -208,8 +235,7 @@ impl Cluster {
     /// waits until the replicator has applied it. On success the node is fresh as of the
     /// moment of the query.
     pub async fn catch_up(self: &Arc<Self>, timeout: Duration) -> Result<(), CatchUpError> {
-        let (last, asked) = self.stream_last_seq().await?;
-        let applied = self.applied_seq();
+        let Asked { last, at, applied } = self.stream_last_seq().await?;
         if last < applied {
             // The stream lost events this node has applied: serving from this state could
             // contradict the stream, and new appends would never be accepted. Fail closed.
@@ -222,7 +248,7 @@ impl Cluster {
             return Err(e);
         }
         if self.wait_applied(last, timeout).await {
-            self.mark_fresh(asked);
+            self.mark_fresh(at);
             Ok(())
         } else {
             Err(CatchUpError::TimedOut)
@@ -240,7 +266,8 @@ impl Cluster {
             changed.as_mut().enable();
             let (mut done, pending) = self.peers.split_at(seq, Instant::now());
             if self.applied_seq() >= seq {
-                done.insert(0, self.node_id.clone());
+                done.push(self.node_id.clone());
+                done.sort();
             }
             let now = Instant::now();
             if pending.is_empty() || now >= deadline {

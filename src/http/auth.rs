@@ -67,10 +67,15 @@ enum Step {
     /// Cluster mode, a well-formed token this node does not know: it may have been issued on
     /// another node a moment ago. Catch up with the stream and look again.
     CatchUp(Arc<crate::cluster::Cluster>),
+    /// Cluster mode, this node used its share of the caller's limit: sync usage with the
+    /// other nodes (a flush) and look again.
+    Sync(actix::Addr<crate::actors::Writer>),
 }
 
 impl Caller {
-    fn check(req: &HttpRequest, after_catch_up: bool) -> Step {
+    /// The check. `second` is set when looking again after a catch-up or a sync, which is
+    /// done at most once per request.
+    fn check(req: &HttpRequest, second: bool) -> Step {
         let app = match app(req) {
             Ok(app) => app,
             Err(e) => return Step::Done(Err(e)),
@@ -96,8 +101,11 @@ impl Caller {
         };
         app.metrics.verify_latency.observe(started.elapsed());
         let outcome = match (outcome, &app.cluster) {
-            (Err(Denied::Unauthorized("unknown")), Some(c)) if !after_catch_up => {
+            (Err(Denied::Unauthorized("unknown")), Some(c)) if !second => {
                 return Step::CatchUp(c.clone());
+            }
+            (Err(Denied::RateLimited(info)), Some(_)) if info.share_used && !second => {
+                return Step::Sync(app.writer.clone());
             }
             (outcome, _) => outcome,
         };
@@ -121,6 +129,17 @@ impl Caller {
     }
 }
 
+impl Caller {
+    fn check_again(req: &HttpRequest) -> Result<Caller, ApiError> {
+        match Caller::check(req, true) {
+            Step::Done(r) => r,
+            // `second` rules these out; answer as the check would have without them.
+            Step::CatchUp(_) => Err(ApiError::unauthorized()),
+            Step::Sync(_) => Err(ApiError::retry_after(Code::RateLimited, 1)),
+        }
+    }
+}
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Either<
@@ -134,15 +153,22 @@ impl FromRequest for Caller {
             Step::CatchUp(cluster) => {
                 let req = req.clone();
                 Either::Right(Box::pin(async move {
-                    let timeout = cluster.settings.catchup_timeout;
-                    if let Err(e) = cluster.catch_up(timeout).await {
+                    if let Err(e) = cluster.catch_up_after_miss().await {
                         tracing::warn!(error = %e, "catch-up for an unknown token failed");
                         return Err(ApiError::retry_after(Code::ServiceUnavailable, 1));
                     }
-                    match Caller::check(&req, true) {
-                        Step::Done(r) => r,
-                        Step::CatchUp(_) => Err(ApiError::unauthorized()),
+                    Caller::check_again(&req)
+                }))
+            }
+            Step::Sync(writer) => {
+                let req = req.clone();
+                Either::Right(Box::pin(async move {
+                    match writer.send(crate::actors::FlushUsage).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "usage sync failed"),
+                        Err(e) => tracing::warn!(error = %e, "writer unavailable for usage sync"),
                     }
+                    Caller::check_again(&req)
                 }))
             }
         }

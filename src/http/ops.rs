@@ -72,6 +72,16 @@ pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
                 c.catchup_queries() as f64,
             ),
             (
+                "snaptrack_catchup_misses_total",
+                "Token checks that missed the index and caught up with the stream first.",
+                c.catchup_misses() as f64,
+            ),
+            (
+                "snaptrack_cluster_live_nodes",
+                "Nodes this node has heard from recently, itself included: they share each rate limit.",
+                f64::from(app.state.rate_limits.nodes()),
+            ),
+            (
                 "snaptrack_cluster_fresh",
                 "1 while this node may answer token checks (bounded staleness).",
                 f64::from(u8::from(c.is_fresh())),

@@ -157,6 +157,11 @@ impl RateLimits {
             .store(nodes.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// How many live nodes share each limit.
+    pub fn nodes(&self) -> u32 {
+        self.nodes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Gives back counts drained into events that were never written (the stream was
     /// unavailable), so the next flush carries them.
     pub fn restore(&self, events: &[UsageRecorded]) {

@@ -149,6 +149,34 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Kills the process with SIGKILL: no shutdown, no final flush.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `GET /readyz` answers 200 (cluster nodes: caught up with the stream).
+    pub async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.client.get(format!("{}/readyz", self.url)).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never became ready: {:?}",
+                self.url,
+                self.output().iter().rev().take(20).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn restart(&mut self) {
         let status = self.stop().await;
         assert!(status.success(), "exit status {status:?}");

@@ -3,9 +3,11 @@
 mod admin;
 mod browser;
 mod cli;
+mod cluster;
 mod dashboard;
 mod helpers;
 mod hostile;
+mod nats;
 mod ops;
 mod pages;
 mod public;

@@ -1,0 +1,484 @@
+//! Cluster mode: a `nats-server` of the test's own and three real nodes (`a`, `b`, `c`).
+
+use crate::helpers::{body, PASSWORD};
+use crate::nats::{spawn_cluster, spawn_cluster_with, spawn_node, CLUSTER_CONFIG};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// A gauge or counter from a node's `/metrics`.
+async fn metric(app: &crate::helpers::TestApp, name: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// A user's tokens as a node lists them: id and revocation time (usage counts, which
+/// arrive with the next flush, left out).
+async fn token_list(app: &crate::helpers::TestApp, user: u64) -> Vec<(Value, Value)> {
+    let v = body(app.get_user(user).await).await;
+    v["tokens"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].clone(), t["revoked_at"].clone()))
+        .collect()
+}
+
+async fn applied_seq(app: &crate::helpers::TestApp) -> u64 {
+    body(app.get("/readyz").await).await["applied_seq"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_token_issued_on_one_node_works_on_every_node_at_once() {
+    let c = spawn_cluster().await;
+    let [a, b, cc] = &c.nodes[..] else {
+        unreachable!()
+    };
+    let user = a.create_user("ann@example.com", "pro").await;
+    for _ in 0..5 {
+        let (token, _) = a.issue_token(user).await;
+        // No sleep: the very next request, on another node.
+        for node in [b, cc] {
+            let r = node.get_test(&token).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(body(r).await["user"]["id"], user);
+        }
+    }
+    // Users registered on one node are known everywhere, and ids are never handed out twice.
+    let second = b.create_user("bob@example.com", "starter").await;
+    assert_eq!(second, user + 1);
+    let dup = cc
+        .post_user(
+            &json!({"email": "ann@example.com", "name": "A", "password": PASSWORD, "tier": "pro"}),
+        )
+        .await;
+    assert_eq!(dup.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn a_revoke_returns_once_every_node_rejects_the_token() {
+    let c = spawn_cluster().await;
+    let [a, b, cc] = &c.nodes[..] else {
+        unreachable!()
+    };
+    let user = a.create_user("ann@example.com", "pro").await;
+    for _ in 0..5 {
+        let (token, id) = a.issue_token(user).await;
+        for node in [a, b] {
+            assert_eq!(node.get_test(&token).await.status(), StatusCode::OK);
+        }
+        let r = cc.revoke_admin(&id).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v = body(r).await;
+        assert_eq!(v["revoked"]["propagated_to"], json!(["a", "b", "c"]), "{v}");
+        assert_eq!(v["revoked"]["pending"], json!([]));
+        for node in [a, b, cc] {
+            assert_eq!(
+                node.get_test(&token).await.status(),
+                StatusCode::UNAUTHORIZED
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_node_is_pending_until_it_leaves_the_live_set() {
+    let mut c = spawn_cluster().await;
+    let user = c.nodes[0].create_user("ann@example.com", "pro").await;
+    let (_, id) = c.nodes[0].issue_token(user).await;
+    // A graceful stop says goodbye: the next revoke does not wait for it.
+    c.nodes[2].stop().await;
+    let v = body(c.nodes[0].revoke_admin(&id).await).await;
+    assert_eq!(v["revoked"]["propagated_to"], json!(["a", "b"]), "{v}");
+    assert_eq!(v["revoked"]["pending"], json!([]));
+    // A killed node says nothing: it is pending until it has been silent for a while.
+    let (_, id) = c.nodes[0].issue_token(user).await;
+    c.nodes[1].kill().await;
+    let v = body(c.nodes[0].revoke_admin(&id).await).await;
+    let pending = v["revoked"]["pending"].as_array().unwrap().clone();
+    assert!(
+        pending.is_empty() || pending == [json!("b")],
+        "only the killed node may be pending: {v}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_catch_up_and_garbage_causes_none() {
+    let c = spawn_cluster().await;
+    let [a, b, _] = &c.nodes[..] else {
+        unreachable!()
+    };
+    let user = a.create_user("ann@example.com", "business").await;
+    let (token, id) = a.issue_token(user).await;
+    // A well-formed token nobody issued misses on every request.
+    let unknown = snaptrack_auth::domain::ApiToken::generate();
+    let unknown = unknown.expose();
+    let misses = metric(b, "snaptrack_catchup_misses_total").await;
+    let queries = metric(b, "snaptrack_catchup_queries_total").await;
+    let all = futures_util::future::join_all((0..50).map(|_| b.get_test(unknown))).await;
+    assert!(all.iter().all(|r| r.status() == StatusCode::UNAUTHORIZED));
+    let new_misses = metric(b, "snaptrack_catchup_misses_total").await - misses;
+    let new_queries = metric(b, "snaptrack_catchup_queries_total").await - queries;
+    assert_eq!(new_misses, 50.0);
+    // Staleness probes (every 100 ms) also query; the 50 requests take a few milliseconds.
+    assert!(new_queries <= 10.0, "50 misses sent {new_queries} queries");
+
+    // Garbage (bad checksum or shape) and known tokens (revoked) never cause a catch-up.
+    assert_eq!(a.revoke_admin(&id).await.status(), StatusCode::OK);
+    let misses = metric(b, "snaptrack_catchup_misses_total").await;
+    let mut garbage = token.clone();
+    garbage.pop();
+    garbage.push(if token.ends_with('A') { 'B' } else { 'A' });
+    // From another address, so that the failures above do not throttle these.
+    let other = crate::helpers::client_from("127.0.0.2");
+    for t in [garbage.as_str(), "snpt_short", "nonsense", token.as_str()] {
+        for _ in 0..10 {
+            let r = other
+                .get(format!("{}/test", b.url))
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{t}");
+        }
+    }
+    assert_eq!(metric(b, "snaptrack_catchup_misses_total").await, misses);
+}
+
+#[tokio::test]
+async fn a_killed_node_catches_up_when_restarted() {
+    let mut c = spawn_cluster().await;
+    let user = c.nodes[0].create_user("ann@example.com", "pro").await;
+    let (kept, _) = c.nodes[0].issue_token(user).await;
+    let (revoked, revoked_id) = c.nodes[0].issue_token(user).await;
+    assert_eq!(c.nodes[1].get_test(&kept).await.status(), StatusCode::OK);
+
+    c.nodes[1].kill().await;
+    // Meanwhile, on the other nodes:
+    assert_eq!(
+        c.nodes[2].revoke_admin(&revoked_id).await.status(),
+        StatusCode::OK
+    );
+    let (late, _) = c.nodes[0].issue_token(user).await;
+
+    c.nodes[1].start(&[]).await;
+    c.nodes[1].wait_ready().await;
+    let b = &c.nodes[1];
+    assert_eq!(b.get_test(&kept).await.status(), StatusCode::OK);
+    assert_eq!(b.get_test(&late).await.status(), StatusCode::OK);
+    assert_eq!(
+        b.get_test(&revoked).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(applied_seq(b).await >= applied_seq(&c.nodes[0]).await - 1);
+}
+
+#[tokio::test]
+async fn a_node_with_an_empty_data_directory_rebuilds_from_the_stream() {
+    let mut c = spawn_cluster().await;
+    let user = c.nodes[0].create_user("ann@example.com", "pro").await;
+    let (token, _) = c.nodes[0].issue_token(user).await;
+    let (_, revoked) = c.nodes[1].issue_token(user).await;
+    assert_eq!(
+        c.nodes[1].revoke_admin(&revoked).await.status(),
+        StatusCode::OK
+    );
+
+    c.nodes[2].stop().await;
+    std::fs::remove_dir_all(c.nodes[2].data_dir()).unwrap();
+    c.nodes[2].start(&[]).await;
+    c.nodes[2].wait_ready().await;
+    let node = &c.nodes[2];
+    assert_eq!(node.get_test(&token).await.status(), StatusCode::OK);
+    let here = token_list(node, user).await;
+    assert_eq!(here, token_list(&c.nodes[0], user).await);
+    assert_eq!(here.len(), 2);
+}
+
+/// What a writer saw acknowledged.
+#[derive(Default)]
+struct Acked {
+    /// Issued, and not revoked (the revoke was refused).
+    live: Vec<String>,
+    /// Issued, then revoked.
+    revoked: Vec<String>,
+    refused: usize,
+}
+
+/// Issues and revokes tokens on `url` until `stop`, recording what was acknowledged.
+async fn churn(
+    url: String,
+    admin: String,
+    user: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Acked {
+    let client = reqwest::Client::new();
+    let mut acked = Acked::default();
+    let refused = |v: &Value| {
+        assert_eq!(v["error"], "The event stream is unavailable; try again");
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let r = client
+            .post(format!("{url}/admin/users/{user}/tokens"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "load"}))
+            .send()
+            .await
+            .unwrap();
+        let v = match r.status() {
+            StatusCode::CREATED => body(r).await,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused(&body(r).await);
+                acked.refused += 1;
+                continue;
+            }
+            s => panic!("unexpected {s}"),
+        };
+        let token = v["token"].as_str().unwrap().to_owned();
+        let id = v["token_id"].as_str().unwrap();
+        let r = client
+            .delete(format!("{url}/admin/tokens/{id}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::OK => acked.revoked.push(token),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused(&body(r).await);
+                acked.refused += 1;
+                acked.live.push(token);
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    acked
+}
+
+#[tokio::test]
+async fn nats_killed_mid_stream_loses_no_acknowledged_event_and_nodes_recover() {
+    let mut c = spawn_cluster().await;
+    let user = c.nodes[0].create_user("ann@example.com", "pro").await;
+    let (old, _) = c.nodes[0].issue_token(user).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Two writers issue and revoke on two nodes.
+    let writers: Vec<_> = c.nodes[..2]
+        .iter()
+        .map(|n| {
+            tokio::spawn(churn(
+                n.url.clone(),
+                n.admin_token.clone(),
+                user,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // Let some land, then kill the broker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&c.nodes[2], "snaptrack_applied_seq").await < 12.0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.nats.kill();
+    let killed = Instant::now();
+    // Cut off, a node stops answering token checks within the staleness bound (1 s).
+    loop {
+        let s = c.nodes[2].get_test(&old).await.status();
+        if s == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert_eq!(s, StatusCode::OK);
+        assert!(killed.elapsed() < Duration::from_secs(3), "still answering");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.nats.run();
+    for n in &c.nodes {
+        n.wait_ready().await;
+    }
+    // And the writers get through again.
+    let before = metric(&c.nodes[2], "snaptrack_applied_seq").await;
+    while metric(&c.nodes[2], "snaptrack_applied_seq").await < before + 10.0 {
+        assert!(Instant::now() < deadline + Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Acked::default();
+    for w in writers {
+        let a = w.await.unwrap();
+        all.live.extend(a.live);
+        all.revoked.extend(a.revoked);
+        all.refused += a.refused;
+    }
+    assert!(
+        all.refused > 0,
+        "no command was refused while NATS was down"
+    );
+    assert!(all.revoked.len() >= 10);
+    // Every acknowledged issue works and every acknowledged revoke rejects, on every node.
+    for n in &c.nodes {
+        for t in &all.live {
+            assert_eq!(n.get_test(t).await.status(), StatusCode::OK, "{}", n.url);
+        }
+        for t in all.revoked.iter().step_by(2) {
+            assert_eq!(
+                n.get_test(t).await.status(),
+                StatusCode::UNAUTHORIZED,
+                "{}",
+                n.url
+            );
+        }
+    }
+    // Every node holds the same tokens.
+    let first = token_list(&c.nodes[0], user).await;
+    for n in &c.nodes[1..] {
+        assert_eq!(token_list(n, user).await, first);
+    }
+}
+
+#[tokio::test]
+async fn nodes_share_one_rate_limit() {
+    const LIMIT: usize = 30;
+    let config =
+        format!("{CLUSTER_CONFIG}\n[tiers.starter]\nrequests = {LIMIT}\nwindow_secs = 3600\n");
+    let c = spawn_cluster_with(&config).await;
+    let user = c.nodes[0].create_user("ann@example.com", "starter").await;
+    let (token, _) = c.nodes[0].issue_token(user).await;
+    let token = token.as_str();
+    // Every node hammered at once, 3 × 40 requests for a limit of 30.
+    let calls = c
+        .nodes
+        .iter()
+        .flat_map(|n| (0..40).map(move |_| n.get_test(token)));
+    let responses = futures_util::future::join_all(calls).await;
+    let mut admitted: std::collections::HashMap<String, usize> = Default::default();
+    for r in &responses {
+        let reset = r.headers()["x-ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        match r.status() {
+            StatusCode::OK => *admitted.entry(reset).or_default() += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            s => panic!("unexpected {s}"),
+        }
+    }
+    // Then each node, one request at a time, until it says the window is used up.
+    let mut exhausted = String::new();
+    for n in &c.nodes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = n.get_test(token).await;
+            let reset = r.headers()["x-ratelimit-reset"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            if r.status() == StatusCode::OK {
+                *admitted.entry(reset).or_default() += 1;
+                continue;
+            }
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            if retry > 1 {
+                exhausted = reset;
+                break; // the window, not just this node's share, is used up
+            }
+            assert!(Instant::now() < deadline, "never exhausted");
+        }
+    }
+    // The window may have rolled over during the test (once an hour): count per window.
+    // The bound: the limit plus one request per node but one (see README, "Rate limits").
+    for (reset, n) in &admitted {
+        assert!(
+            n <= &(LIMIT + 2),
+            "window {reset}: {n} admitted, limit {LIMIT}"
+        );
+    }
+    assert!(
+        admitted[&exhausted] >= LIMIT,
+        "the window was used up after {} requests, limit {LIMIT}",
+        admitted[&exhausted]
+    );
+}
+
+#[tokio::test]
+async fn every_event_is_published_on_its_subject_without_secrets() {
+    let c = spawn_cluster().await;
+    let client = async_nats::connect(c.nats.url()).await.unwrap();
+    let mut all = client.subscribe("snaptrack.auth.>").await.unwrap();
+    let mut revoked = client
+        .subscribe("snaptrack.auth.v1.token.revoked")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let a = &c.nodes[0];
+    let user = a.create_user("ann@example.com", "pro").await;
+    let (token, id) = a.issue_token(user).await;
+    let cookie = a.session("ann@example.com").await;
+    assert_eq!(a.get_test(&token).await.status(), StatusCode::OK);
+    assert_eq!(c.nodes[1].revoke_admin(&id).await.status(), StatusCode::OK);
+    let msg = tokio::time::timeout(Duration::from_secs(5), revoked.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let env: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(env["type"], "token_revoked");
+    assert_eq!(env["version"], 1);
+    assert_eq!(env["node_id"], "b");
+    assert_eq!(env["data"]["token_id"], id);
+    assert!(env["seq"].as_u64().unwrap() >= 3);
+    // Everything said on NATS so far: no token, password or session cookie in it.
+    // The usage flush (every 100 ms) is the last event expected; presence goes on forever.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, all.next()).await {
+        let done = m.subject.as_str() == "snaptrack.auth.v1.usage.recorded";
+        seen.push((m.subject.to_string(), m.payload.to_vec()));
+        if done {
+            break;
+        }
+    }
+    let subjects: std::collections::HashSet<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
+    for s in [
+        "snaptrack.auth.v1.user.registered",
+        "snaptrack.auth.v1.token.issued",
+        "snaptrack.auth.v1.login.succeeded",
+        "snaptrack.auth.v1.token.revoked",
+        "snaptrack.auth.v1.usage.recorded",
+        "snaptrack.auth.nodes",
+    ] {
+        assert!(subjects.contains(s), "{s} not seen in {subjects:?}");
+    }
+    let session = cookie.split_once('=').unwrap().1;
+    for (subject, payload) in &seen {
+        let text = String::from_utf8_lossy(payload);
+        for secret in [token.as_str(), PASSWORD, session] {
+            assert!(!text.contains(secret), "secret on {subject}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_single_node_cluster_serves_the_whole_api() {
+    // One node on its own broker: the same answers as embedded mode.
+    let nats = crate::nats::NatsServer::start();
+    let a = spawn_node(&nats, "solo", CLUSTER_CONFIG).await;
+    let (_, token, id) = a.user_with_token("ann@example.com", "pro").await;
+    assert_eq!(a.get_test(&token).await.status(), StatusCode::OK);
+    let v = body(a.revoke_admin(&id).await).await;
+    assert_eq!(v["revoked"]["propagated_to"], json!(["solo"]));
+    assert_eq!(a.get_test(&token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        a.revoke_admin(&id).await.status(),
+        StatusCode::CONFLICT,
+        "already revoked"
+    );
+}

@@ -1,0 +1,134 @@
+//! A `nats-server` of the test's own, on a free loopback port with its own store directory,
+//! so the test can kill and restart it; and `spawn_cluster()`, three nodes on top of it.
+
+use crate::helpers::{spawn_app_with, Opts, TestApp};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let mut s = NatsServer {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        s.run();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and store.
+    pub fn run(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server) must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Cluster timing for tests: a short staleness bound so that the fault tests are quick.
+pub const CLUSTER_CONFIG: &str = "\
+usage_flush_ms = 100
+[cluster]
+max_staleness_ms = 1000
+presence_interval_ms = 100
+revoke_wait_ms = 2000
+catchup_timeout_ms = 2000
+";
+
+/// A node of a cluster on `nats`, with id `id`.
+pub async fn spawn_node(nats: &NatsServer, id: &str, config: &str) -> TestApp {
+    let app = spawn_app_with(Opts {
+        config: Some(config.into()),
+        env: vec![
+            ("SNAPTRACK_AUTH_NATS_URL".into(), nats.url()),
+            ("SNAPTRACK_AUTH_NODE_ID".into(), id.into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    app.wait_ready().await;
+    app
+}
+
+pub struct TestCluster {
+    pub nats: NatsServer,
+    pub nodes: Vec<TestApp>,
+}
+
+/// A NATS server and three nodes, `a`, `b` and `c`, all ready and aware of each other.
+pub async fn spawn_cluster() -> TestCluster {
+    spawn_cluster_with(CLUSTER_CONFIG).await
+}
+
+pub async fn spawn_cluster_with(config: &str) -> TestCluster {
+    let nats = NatsServer::start();
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        nodes.push(spawn_node(&nats, id, config).await);
+    }
+    let c = TestCluster { nats, nodes };
+    c.wait_for_peers().await;
+    c
+}
+
+impl TestCluster {
+    /// Waits until a revoke on any node would wait for all three: each node has heard the
+    /// other two (they announce every 100 ms).
+    pub async fn wait_for_peers(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            loop {
+                let text = node.get("/metrics").await.text().await.unwrap();
+                if text.contains("snaptrack_cluster_live_nodes 3") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "nodes never saw each other");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
