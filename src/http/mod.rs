@@ -189,6 +189,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub fn open_and_replay(settings: &Settings) -> Result<(Arc<SledLog>, Arc<State>), StartError> {
     let log = Arc::new(SledLog::open(&settings.data)?);
     let state = Arc::new(State::new(&settings.node_id));
+    if settings.nats.is_some() {
+        // Cluster mode: nodes claim their requests before admitting them (one global limit).
+        state.rate_limits.use_claims();
+    }
     let started = std::time::Instant::now();
     let n = log.replay_into(&state)?;
     tracing::info!(

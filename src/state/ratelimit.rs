@@ -1,10 +1,21 @@
-//! Per-user fixed-window rate-limit buckets.
+//! Per-user fixed-window rate-limit buckets, in one of two modes.
 //!
-//! A bucket counts three kinds of admitted requests in the current window:
-//! `logged` (in `usage_recorded` events applied from the log, from every node), `local`
-//! (admitted here, not yet flushed) and `in_flight` (flushed into an event that this node has
-//! not applied yet). Their sum is the window's usage, so a flush never opens a gap in which
-//! the same requests are counted nowhere, and on one node the count is exact.
+//! **Counting** (embedded mode, one node): a bucket counts three kinds of admitted requests
+//! in the current window: `logged` (in `usage_recorded` events applied from the log),
+//! `local` (admitted here, not yet flushed) and `in_flight` (flushed into an event not
+//! applied yet). Their sum is the window's usage, so a flush never opens a gap in which the
+//! same requests are counted nowhere, and the count is exact.
+//!
+//! **Claiming** (cluster mode, K nodes): counting after the fact would let every node admit
+//! the whole limit before hearing of the others. Instead a node admits only against
+//! requests it has *claimed*: a `usage_recorded` event whose `requests` it publishes before
+//! admitting them. The stream orders every node's claims, and each node folds them in that
+//! order, so all agree on how much of each claim was still free: a claim beyond the limit is
+//! granted only up to it. Admitted requests never exceed granted claims, so the whole
+//! cluster admits at most the limit per window — exactly, with no slack. The price: a claim
+//! costs one publish (about 0.3 ms), and what a node claimed but did not use is lost to the
+//! other nodes for that window (each claim is the waiting demand or a 1/K share of what is
+//! left, whichever is larger). The same events carry per-token tallies for "monitor usage".
 
 use crate::domain::{TokenId, UserId};
 use crate::event::{TokenUsage, UsageRecorded};
@@ -40,9 +51,10 @@ impl RateInfo {
 
 pub struct RateLimits {
     buckets: papaya::HashMap<UserId, Bucket>,
-    /// Live nodes sharing each user's limit (1 in embedded mode). Between two syncs a node
-    /// admits at most its share, `(limit - logged) / nodes`, of what the window has left,
-    /// which bounds how far K nodes hammered at once can overshoot the limit together.
+    /// Claiming mode (cluster) rather than counting mode (see the module doc). Set once, at
+    /// start-up, before the log is replayed.
+    claims: std::sync::atomic::AtomicBool,
+    /// Live nodes sharing each user's limit: a claim is at least a 1/K share of what is left.
     nodes: std::sync::atomic::AtomicU32,
 }
 
@@ -50,6 +62,7 @@ impl Default for RateLimits {
     fn default() -> Self {
         RateLimits {
             buckets: papaya::HashMap::default(),
+            claims: std::sync::atomic::AtomicBool::new(false),
             nodes: std::sync::atomic::AtomicU32::new(1),
         }
     }
@@ -63,13 +76,23 @@ struct Bucket {
     inner: parking_lot::Mutex<BucketInner>,
 }
 
+/// One user's window. Field meanings per mode: see the module doc.
 #[derive(Default)]
 struct BucketInner {
     window_start: i64,
     window_secs: u32,
+    /// Requests in applied events of this window, from every node (claims, when claiming).
     logged: u32,
+    /// Admitted here in this window (counting: and not yet flushed).
     local: u32,
+    /// Flushed (counting) or claimed (claiming) by this node, not yet applied.
     in_flight: u32,
+    /// Claiming: what this node's applied claims were granted in this window.
+    granted: u32,
+    /// Claiming: requests refused for want of a claim since the last flush.
+    wanted: u32,
+    /// Claiming: the limit at the last request, to tell how much of a claim was free.
+    limit: u32,
     /// Per-token counts and last use since the last flush, for "monitor usage".
     tallies: Vec<(TokenId, u32, i64)>,
     /// Unflushed counts of windows that ended before they were flushed.
@@ -81,11 +104,12 @@ fn window_start(now: i64, window_secs: u32) -> i64 {
 }
 
 impl BucketInner {
-    fn roll_to(&mut self, start: i64, secs: u32) {
+    fn roll_to(&mut self, start: i64, secs: u32, claims: bool) {
         if self.window_start == start && self.window_secs == secs {
             return;
         }
-        if self.local > 0 {
+        // Claimed requests were published before they were admitted: nothing to carry.
+        if self.local > 0 && !claims {
             self.carried
                 .push((self.window_start, self.window_secs, self.local));
         }
@@ -94,6 +118,19 @@ impl BucketInner {
         self.logged = 0;
         self.local = 0;
         self.in_flight = 0;
+        self.granted = 0;
+        self.wanted = 0;
+    }
+
+    /// Adds `requests` of `token`, last at `at`, to the tallies of the next flush.
+    fn tally(&mut self, token: TokenId, requests: u32, at: i64) {
+        match self.tallies.iter_mut().find(|t| t.0 == token) {
+            Some(t) => {
+                t.1 += requests;
+                t.2 = t.2.max(at);
+            }
+            None => self.tallies.push((token, requests, at)),
+        }
     }
 }
 
@@ -115,11 +152,9 @@ impl RateLimits {
         // Never roll backwards: another node's event may have moved the bucket into a window
         // this node's clock has not reached yet.
         if start > b.window_start || b.window_secs != window_secs {
-            b.roll_to(start, window_secs);
+            b.roll_to(start, window_secs, self.claiming());
         }
         let reset = b.window_start + i64::from(b.window_secs);
-        let unsynced = b.local.saturating_add(b.in_flight);
-        let used = b.logged.saturating_add(unsynced);
         let refused = |share_used| RateInfo {
             limit,
             remaining: 0,
@@ -127,28 +162,45 @@ impl RateLimits {
             window_secs,
             share_used,
         };
-        if used >= limit {
-            return Err(refused(false));
-        }
-        let nodes = self.nodes.load(std::sync::atomic::Ordering::Relaxed).max(1);
-        if nodes > 1 && unsynced >= ((limit - b.logged) / nodes).max(1) {
-            return Err(refused(true));
-        }
-        b.local += 1;
-        match b.tallies.iter_mut().find(|t| t.0 == token) {
-            Some(t) => {
-                t.1 += 1;
-                t.2 = t.2.max(now);
+        let remaining = if self.claiming() {
+            b.limit = limit;
+            if b.local >= b.granted {
+                if b.logged >= limit && b.in_flight == 0 {
+                    return Err(refused(false));
+                }
+                // Claim more at the next flush, which the caller asks for.
+                b.wanted += 1;
+                return Err(refused(true));
             }
-            None => b.tallies.push((token, 1, now)),
-        }
+            b.local += 1;
+            // What nobody has claimed, plus what this node claimed and has not used.
+            limit.saturating_sub(b.logged) + (b.granted - b.local)
+        } else {
+            let used = b.logged.saturating_add(b.local).saturating_add(b.in_flight);
+            if used >= limit {
+                return Err(refused(false));
+            }
+            b.local += 1;
+            limit - used - 1
+        };
+        b.tally(token, 1, now);
         Ok(RateInfo {
             limit,
-            remaining: limit - used - 1,
+            remaining,
             reset,
             window_secs,
             share_used: false,
         })
+    }
+
+    /// Switches to claiming mode (cluster mode; before the log is replayed).
+    pub fn use_claims(&self) {
+        self.claims
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn claiming(&self) -> bool {
+        self.claims.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets how many live nodes share each limit (cluster mode's presence).
@@ -171,39 +223,64 @@ impl RateLimits {
             let mut b = bucket.inner.lock();
             if e.window_start == b.window_start && e.window_secs == b.window_secs {
                 b.in_flight = b.in_flight.saturating_sub(e.requests);
-                b.local += e.requests;
-            } else if e.requests > 0 {
+                if !self.claiming() {
+                    b.local += e.requests;
+                }
+            } else if e.requests > 0 && !self.claiming() {
                 b.carried.push((e.window_start, e.window_secs, e.requests));
             }
             for t in &e.tokens {
-                let last = t.last_used_at.timestamp();
-                match b.tallies.iter_mut().find(|x| x.0 == t.token_id) {
-                    Some(x) => {
-                        x.1 += t.requests;
-                        x.2 = x.2.max(last);
-                    }
-                    None => b.tallies.push((t.token_id, t.requests, last)),
-                }
+                b.tally(t.token_id, t.requests, t.last_used_at.timestamp());
             }
         }
     }
 
-    /// Usage of `user` in its current window as this node knows it (for dashboards, tests).
+    /// Usage of `user` in its current window as this node knows it (for dashboards, tests);
+    /// when claiming, what all nodes have claimed.
     pub fn used(&self, user: UserId) -> u32 {
         let map = self.buckets.pin();
         map.get(&user).map_or(0, |b| {
             let b = b.inner.lock();
-            b.logged + b.local + b.in_flight
+            if self.claiming() {
+                b.logged
+            } else {
+                b.logged + b.local + b.in_flight
+            }
         })
     }
 
     /// Takes every unflushed count as `usage_recorded` events. The counts move to
-    /// `in_flight`, where they keep counting until the events are applied.
+    /// `in_flight`, where they keep counting until the events are applied. When claiming,
+    /// the events claim what waiting requests want, and carry the per-token tallies.
     pub fn drain(&self) -> Vec<UsageRecorded> {
         let mut out = Vec::new();
         let map = self.buckets.pin();
+        let claiming = self.claiming();
+        let nodes = self.nodes().max(1);
         for (user, bucket) in map.iter() {
             let mut b = bucket.inner.lock();
+            if claiming {
+                let free = b.limit.saturating_sub(b.logged);
+                let claim = if b.wanted > 0 {
+                    b.wanted.max(free / nodes).clamp(1, free.max(1))
+                } else {
+                    0
+                };
+                b.wanted = 0;
+                if claim == 0 && b.tallies.is_empty() {
+                    continue;
+                }
+                let tokens = take_tallies(&mut b.tallies);
+                out.push(UsageRecorded {
+                    user_id: *user,
+                    window_start: b.window_start,
+                    window_secs: b.window_secs,
+                    requests: claim,
+                    tokens,
+                });
+                b.in_flight += claim;
+                continue;
+            }
             for (start, secs, requests) in std::mem::take(&mut b.carried) {
                 out.push(UsageRecorded {
                     user_id: *user,
@@ -216,14 +293,7 @@ impl RateLimits {
             if b.local == 0 && b.tallies.is_empty() {
                 continue;
             }
-            let tokens = std::mem::take(&mut b.tallies)
-                .into_iter()
-                .map(|(token_id, requests, last)| TokenUsage {
-                    token_id,
-                    requests,
-                    last_used_at: Utc.timestamp_opt(last, 0).single().unwrap_or_default(),
-                })
-                .collect();
+            let tokens = take_tallies(&mut b.tallies);
             out.push(UsageRecorded {
                 user_id: *user,
                 window_start: b.window_start,
@@ -238,21 +308,50 @@ impl RateLimits {
     }
 
     /// Folds a `usage_recorded` event in. `own` says this node flushed it, so its count
-    /// leaves `in_flight` as it enters `logged`.
+    /// leaves `in_flight` as it enters `logged`; when claiming, it is granted as far as the
+    /// window had room for it when it was ordered.
     pub fn apply(&self, e: &UsageRecorded, own: bool) {
         let map = self.buckets.pin();
         let bucket = map.get_or_insert_with(e.user_id, Bucket::default);
+        let claiming = self.claiming();
         let mut b = bucket.inner.lock();
-        if e.window_start > b.window_start {
-            b.roll_to(e.window_start, e.window_secs);
+        if e.window_start > b.window_start || b.window_secs == 0 {
+            b.roll_to(e.window_start, e.window_secs, claiming);
         }
-        if e.window_start == b.window_start && e.window_secs == b.window_secs {
-            b.logged = b.logged.saturating_add(e.requests);
-            if own {
-                b.in_flight = b.in_flight.saturating_sub(e.requests);
-            }
+        if e.window_start != b.window_start || e.window_secs != b.window_secs {
+            return;
+        }
+        let before = b.logged;
+        b.logged = b.logged.saturating_add(e.requests);
+        if !own {
+            return;
+        }
+        if !claiming {
+            b.in_flight = b.in_flight.saturating_sub(e.requests);
+            return;
+        }
+        let granted = e.requests.min(b.limit.saturating_sub(before));
+        b.granted += granted;
+        if b.in_flight >= e.requests {
+            b.in_flight -= e.requests;
+        } else {
+            // A claim this process did not make (an earlier run of this node, replayed):
+            // whatever it was granted may have been used.
+            b.in_flight = 0;
+            b.local += granted;
         }
     }
+}
+
+fn take_tallies(tallies: &mut Vec<(TokenId, u32, i64)>) -> Vec<TokenUsage> {
+    std::mem::take(tallies)
+        .into_iter()
+        .map(|(token_id, requests, last)| TokenUsage {
+            token_id,
+            requests,
+            last_used_at: Utc.timestamp_opt(last, 0).single().unwrap_or_default(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -312,24 +411,79 @@ mod tests {
         );
     }
 
-    #[test]
-    fn with_three_nodes_each_admits_its_share_until_synced() {
+    fn claiming(nodes: u32) -> RateLimits {
         let rl = RateLimits::default();
-        rl.set_nodes(3);
+        rl.use_claims();
+        rl.set_nodes(nodes);
+        rl
+    }
+
+    #[test]
+    fn claiming_admits_only_what_was_claimed_and_granted() {
+        let rl = claiming(3);
         let t = TokenId::new();
-        for _ in 0..3 {
-            rl.try_admit(U, t, 0, 10, 60).unwrap();
-        }
+        // Nothing claimed yet: refused, and the refusal asks for a claim.
         let refused = rl.try_admit(U, t, 0, 10, 60).unwrap_err();
         assert!(refused.share_used);
         assert_eq!(refused.retry_after(0), 1);
-        // Synced: 3 logged, (10 - 3) / 3 = 2 more.
-        let events = rl.drain();
-        rl.apply(&events[0], true);
-        for _ in 0..2 {
+        let claim = rl.drain();
+        assert_eq!(claim[0].requests, 3, "a third of the 10 free");
+        assert!(
+            rl.try_admit(U, t, 0, 10, 60).unwrap_err().share_used,
+            "not applied yet"
+        );
+        rl.apply(&claim[0], true);
+        for _ in 0..3 {
             rl.try_admit(U, t, 0, 10, 60).unwrap();
         }
         assert!(rl.try_admit(U, t, 0, 10, 60).unwrap_err().share_used);
+    }
+
+    #[test]
+    fn claims_are_granted_in_log_order_up_to_the_limit() {
+        // Two nodes' buckets, fed the same events in the same order.
+        let (a, b) = (claiming(2), claiming(2));
+        let t = TokenId::new();
+        for _ in 0..8 {
+            let _ = a.try_admit(U, t, 0, 10, 60);
+            let _ = b.try_admit(U, t, 0, 10, 60);
+        }
+        let (ca, cb) = (a.drain(), b.drain());
+        assert_eq!((ca[0].requests, cb[0].requests), (8, 8));
+        // The stream ordered a's claim first: a gets 8, b the 2 left.
+        for rl in [&a, &b] {
+            rl.apply(&ca[0], std::ptr::eq(rl, &a));
+            rl.apply(&cb[0], std::ptr::eq(rl, &b));
+        }
+        let admitted = |rl: &RateLimits| {
+            (0..20)
+                .filter(|_| rl.try_admit(U, t, 0, 10, 60).is_ok())
+                .count()
+        };
+        assert_eq!((admitted(&a), admitted(&b)), (8, 2));
+        // Both now know the window is used up: not a share, the window (Retry-After to its end).
+        for rl in [&a, &b] {
+            let refused = rl.try_admit(U, t, 0, 10, 60).unwrap_err();
+            assert!(!refused.share_used);
+            assert_eq!(refused.retry_after(0), 60);
+        }
+    }
+
+    #[test]
+    fn claims_replayed_after_a_restart_count_as_used() {
+        let rl = claiming(2);
+        let t = TokenId::new();
+        let _ = rl.try_admit(U, t, 0, 10, 60);
+        let claim = rl.drain();
+        assert_eq!(claim[0].requests, 5);
+        // A fresh process replays the claim it made in its previous life: those 5 may have
+        // been used, so it must claim anew from the 5 left.
+        let fresh = claiming(2);
+        fresh.apply(&claim[0], true);
+        let refused = fresh.try_admit(U, t, 0, 10, 60).unwrap_err();
+        assert!(refused.share_used, "nothing granted to this process yet");
+        let next = fresh.drain();
+        assert_eq!(next[0].requests, 2, "half of the 5 left");
     }
 
     #[test]
