@@ -1,0 +1,272 @@
+//! The load generator for the command benchmarks (`bench/cluster`, `bench/run`).
+//!
+//! ```text
+//! loadgen propagation --admin TOKEN [--n 1000] URL...   # revocation propagation
+//! loadgen churn --admin TOKEN [--secs 10] [--conns 16] URL...   # issue + revoke throughput
+//! ```
+//!
+//! `propagation`: for each of N tokens, issue it on one node, use it on every node, revoke it
+//! on the next node, and ask every *other* node until each rejects it. Prints p50/p99 of the
+//! revoke call and of "revoke sent until every other node rejects", and how many checks after
+//! a revoke had returned still accepted the token (must be 0).
+//!
+//! `churn`: CONNS workers, each with its own user, spread over the nodes, issue a token and
+//! revoke it, again and again, for SECS seconds. Prints issues/s, revokes/s and latencies.
+//!
+//! The users are created on the business tier; give it a large limit in the nodes' config.
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+struct Args {
+    mode: String,
+    admin: String,
+    n: usize,
+    secs: u64,
+    conns: usize,
+    urls: Vec<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mode = it
+        .next()
+        .ok_or("usage: loadgen propagation|churn --admin TOKEN URL...")?;
+    let mut a = Args {
+        mode,
+        admin: String::new(),
+        n: 1000,
+        secs: 10,
+        conns: 16,
+        urls: vec![],
+    };
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--admin" => a.admin = value()?,
+            "--n" => a.n = value()?.parse().map_err(|e| format!("--n: {e}"))?,
+            "--secs" => a.secs = value()?.parse().map_err(|e| format!("--secs: {e}"))?,
+            "--conns" => a.conns = value()?.parse().map_err(|e| format!("--conns: {e}"))?,
+            url => a.urls.push(url.trim_end_matches('/').to_owned()),
+        }
+    }
+    if a.urls.is_empty() || a.admin.is_empty() {
+        return Err("need --admin and at least one URL".into());
+    }
+    Ok(a)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn create_user(client: &Client, url: &str, admin: &str, email: &str) -> Result<u64, String> {
+    let r = client
+        .post(format!("{url}/admin/users"))
+        .bearer_auth(admin)
+        .json(&json!({"email": email, "name": "Load", "password": "load generator password", "tier": "business"}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    v["user"]["id"].as_u64().ok_or(format!("create user: {v}"))
+}
+
+async fn issue(
+    client: &Client,
+    url: &str,
+    admin: &str,
+    user: u64,
+) -> Result<(String, String), String> {
+    let r = client
+        .post(format!("{url}/admin/users/{user}/tokens"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "load"}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    match (v["token"].as_str(), v["token_id"].as_str()) {
+        (Some(t), Some(id)) => Ok((t.to_owned(), id.to_owned())),
+        _ => Err(format!("issue: {v}")),
+    }
+}
+
+async fn revoke(client: &Client, url: &str, admin: &str, id: &str) -> Result<Value, String> {
+    let r = client
+        .delete(format!("{url}/admin/tokens/{id}"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status();
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    if status != StatusCode::OK {
+        return Err(format!("revoke: {status} {v}"));
+    }
+    Ok(v)
+}
+
+async fn check(client: &Client, url: &str, token: &str) -> Result<StatusCode, String> {
+    client
+        .get(format!("{url}/test"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map(|r| r.status())
+        .map_err(|e| e.to_string())
+}
+
+async fn propagation(a: &Args) -> Result<(), String> {
+    let client = Client::new();
+    let k = a.urls.len();
+    let user = create_user(
+        &client,
+        &a.urls[0],
+        &a.admin,
+        &format!("prop-{}@load.test", uuid::Uuid::new_v4()),
+    )
+    .await?;
+    let (mut calls, mut rejected_everywhere) = (Vec::new(), Vec::new());
+    let (mut accepted_after_revoke, mut pending_reports) = (0, 0);
+    for i in 0..a.n {
+        let (token, id) = issue(&client, &a.urls[i % k], &a.admin, user).await?;
+        for url in &a.urls {
+            let s = check(&client, url, &token).await?;
+            if s != StatusCode::OK {
+                return Err(format!("token not valid on {url} right after issue: {s}"));
+            }
+        }
+        let on = (i + 1) % k;
+        let started = Instant::now();
+        let v = revoke(&client, &a.urls[on], &a.admin, &id).await?;
+        calls.push(started.elapsed());
+        if v["revoked"]["pending"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+        {
+            pending_reports += 1;
+        }
+        for (j, url) in a.urls.iter().enumerate() {
+            if j == on {
+                continue;
+            }
+            // The barrier promises the first answer is already a rejection.
+            loop {
+                match check(&client, url, &token).await? {
+                    StatusCode::UNAUTHORIZED => break,
+                    _ => accepted_after_revoke += 1,
+                }
+            }
+        }
+        rejected_everywhere.push(started.elapsed());
+    }
+    calls.sort();
+    rejected_everywhere.sort();
+    println!("revocations                 {}", a.n);
+    println!("nodes                       {k}");
+    println!(
+        "revoke call p50 / p99       {:.3} / {:.3} ms",
+        percentile(&calls, 0.5),
+        percentile(&calls, 0.99)
+    );
+    println!(
+        "until all others reject     {:.3} / {:.3} ms (p50 / p99)",
+        percentile(&rejected_everywhere, 0.5),
+        percentile(&rejected_everywhere, 0.99)
+    );
+    println!("accepted after revoke       {accepted_after_revoke}");
+    println!("revokes with pending nodes  {pending_reports}");
+    Ok(())
+}
+
+async fn churn(a: &Args) -> Result<(), String> {
+    let client = Client::builder()
+        .pool_max_idle_per_host(a.conns)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut users = Vec::new();
+    for w in 0..a.conns {
+        let url = &a.urls[w % a.urls.len()];
+        users.push(
+            create_user(
+                &client,
+                url,
+                &a.admin,
+                &format!("churn-{}@load.test", uuid::Uuid::new_v4()),
+            )
+            .await?,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(a.secs);
+    let started = Instant::now();
+    let workers: Vec<_> = users
+        .into_iter()
+        .enumerate()
+        .map(|(w, user)| {
+            let (client, admin) = (client.clone(), a.admin.clone());
+            let url = a.urls[w % a.urls.len()].clone();
+            tokio::spawn(async move {
+                let (mut issues, mut revokes) = (Vec::new(), Vec::new());
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let (_, id) = issue(&client, &url, &admin, user).await?;
+                    issues.push(t.elapsed());
+                    let t = Instant::now();
+                    revoke(&client, &url, &admin, &id).await?;
+                    revokes.push(t.elapsed());
+                }
+                Ok::<_, String>((issues, revokes))
+            })
+        })
+        .collect();
+    let (mut issues, mut revokes) = (Vec::new(), Vec::new());
+    for w in workers {
+        let (i, r) = w.await.map_err(|e| e.to_string())??;
+        issues.extend(i);
+        revokes.extend(r);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    issues.sort();
+    revokes.sort();
+    println!("nodes                       {}", a.urls.len());
+    println!("workers                     {}", a.conns);
+    println!(
+        "issues/s                    {:.0}",
+        issues.len() as f64 / elapsed
+    );
+    println!(
+        "revokes/s                   {:.0}",
+        revokes.len() as f64 / elapsed
+    );
+    println!(
+        "issue p50 / p99             {:.3} / {:.3} ms",
+        percentile(&issues, 0.5),
+        percentile(&issues, 0.99)
+    );
+    println!(
+        "revoke p50 / p99            {:.3} / {:.3} ms",
+        percentile(&revokes, 0.5),
+        percentile(&revokes, 0.99)
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let result = match parse() {
+        Ok(a) if a.mode == "propagation" => propagation(&a).await,
+        Ok(a) if a.mode == "churn" => churn(&a).await,
+        Ok(a) => Err(format!("unknown mode {}", a.mode)),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}
