@@ -7,9 +7,8 @@
 //! It reads the JetStream stream `SNAPTRACK_AUTH` through an ordered consumer filtered to
 //! `snaptrack.auth.v1.token.revoked`: only events the stream stored, each once, in order. With
 //! `--from-start` it first prints every revocation in the stream's history. (A plain NATS
-//! subscription to the subject works too, but may also see a publish that the stream then
-//! refused — a node retries those with a new sequence number — so deduplicate by
-//! `event_id` if you go that way.)
+//! subscription to the subject works too, but also sees publishes that the stream refused
+//! because another node appended first; the node then validates again and publishes anew.)
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;

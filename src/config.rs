@@ -370,6 +370,13 @@ impl Settings {
         {
             return bad("node_id", "must be letters, digits, '-' or '_'");
         }
+        if let Some(url) = &self.nats {
+            for server in url.split(',') {
+                if let Err(e) = server.trim().parse::<async_nats::ServerAddr>() {
+                    return bad("nats", &format!("{server:?} is not a NATS URL: {e}"));
+                }
+            }
+        }
         let c = &self.cluster;
         if c.max_staleness.is_zero() || c.presence_interval.is_zero() || c.catchup_timeout.is_zero()
         {

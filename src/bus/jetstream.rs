@@ -41,9 +41,15 @@ pub struct JetStreamBus {
 }
 
 impl JetStreamBus {
-    /// Connects to `url`. Returns at once: the client connects (and later reconnects) in
-    /// the background, and every operation fails with "unavailable" until it has.
+    /// Connects to `url` (or a comma-separated list of the servers of a NATS cluster).
+    /// Returns at once: the client connects (and later reconnects, to any server of the
+    /// cluster) in the background, and every operation fails with "unavailable" until it has.
     pub async fn connect(url: &str, node_id: &str, replicas: usize) -> Result<Self, String> {
+        let servers: Vec<async_nats::ServerAddr> = url
+            .split(',')
+            .map(|u| u.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("bad NATS URL {url:?}: {e}"))?;
         let client = async_nats::ConnectOptions::new()
             .name(format!("snaptrack-auth {node_id}"))
             .retry_on_initial_connect()
@@ -52,7 +58,7 @@ impl JetStreamBus {
                 Duration::from_millis((attempts as u64 * 100).min(1000))
             })
             .connection_timeout(Duration::from_secs(2))
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
         let js = jetstream::ContextBuilder::new()

@@ -87,6 +87,14 @@ fn bad_flags_configs_and_data_dirs_are_one_line_errors_with_exit_code_2() {
     assert!(err.contains("afile") && err.lines().count() == 1, "{err}");
     let err = one_line_error(&run(&["serve", "--listen", "nonsense"], p));
     assert!(err.contains("nonsense"), "{err}");
+    let err = one_line_error(&run(&["serve", "--nats", "not a url"], p));
+    assert!(
+        err.contains("not a url") && err.lines().count() == 1,
+        "{err}"
+    );
+    std::fs::write(p.join("stale.toml"), "[cluster]\nmax_staleness_ms = 0\n").unwrap();
+    let err = one_line_error(&run(&["serve", "--config", "stale.toml"], p));
+    assert!(err.contains("cluster") && err.lines().count() == 1, "{err}");
     let err = one_line_error(&run(&["replay", "--data", "nowhere"], p));
     assert!(err.contains("nowhere"), "{err}");
     let err = one_line_error(&run(&["replay", "--data", ".", "--since", "yesterday"], p));
