@@ -8,9 +8,6 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// How often a cluster command is retried when other nodes keep appending first.
-const MAX_ATTEMPTS: usize = 20;
-
 /// Runs a command: validate, append, apply, wait until durable. Replies with the envelopes.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Envelope>, WriteError>")]
@@ -233,9 +230,11 @@ async fn publish_command(
         ));
     }
     let timeout = cluster.settings.catchup_timeout;
+    // Other nodes may keep appending first; keep trying for as long as a catch-up may take.
+    let deadline = std::time::Instant::now() + timeout;
     let mut published: Vec<Envelope> = Vec::new();
     let mut rest: Option<Vec<Event>> = None;
-    for _ in 0..MAX_ATTEMPTS {
+    while std::time::Instant::now() < deadline {
         let base = state.applied_seq();
         let events = match rest.take() {
             Some(events) => events,
@@ -245,12 +244,12 @@ async fn publish_command(
             return Ok(published);
         }
         let envs = envelopes(events, base, &cluster.node_id, now);
-        let mut conflict = false;
+        let mut conflict = None;
         for (i, env) in envs.iter().enumerate() {
             match cluster.bus.publish(env).await {
                 Ok(()) => published.push(env.clone()),
-                Err(PublishFailure::Conflict) => {
-                    conflict = true;
+                Err(PublishFailure::Conflict { last }) => {
+                    conflict = Some(last);
                     if !published.is_empty() {
                         rest = Some(envs[i..].iter().map(|e| e.event.clone()).collect());
                     }
@@ -261,20 +260,29 @@ async fn publish_command(
                 }
             }
         }
-        if !conflict {
+        let Some(stream_last) = conflict else {
             let last = published.last().map_or(base, |e| e.seq);
             if !cluster.wait_applied(last, timeout).await {
-                return Err(WriteError::Unavailable(format!(
-                    "seq {last} was appended but not applied here in time"
-                )));
+                // The stream has it, so it happened: say so. This node applies it once it
+                // hears from the stream again (and answers checks with 503 until then).
+                tracing::warn!(seq = last, "appended, but not applied here in time");
             }
             return Ok(published);
-        }
+        };
         // Another node appended first: catch up with the stream, then try again.
-        cluster
-            .catch_up(timeout)
-            .await
-            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        match stream_last {
+            Some(last) => {
+                if !cluster.wait_applied(last, timeout).await {
+                    return Err(WriteError::Unavailable(format!(
+                        "not caught up to seq {last} in time"
+                    )));
+                }
+            }
+            None => cluster
+                .catch_up(timeout)
+                .await
+                .map_err(|e| WriteError::Unavailable(e.to_string()))?,
+        }
     }
     Err(WriteError::Unavailable(
         "other nodes kept appending first; try again".into(),

@@ -18,9 +18,10 @@ pub fn subject(kind: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum PublishFailure {
     /// Another node appended first: the stream's last sequence is not the one this node
-    /// validated the command against. Catch up and try again.
+    /// validated the command against. Catch up (to `last`, when the stream said) and try
+    /// again.
     #[error("another node appended first")]
-    Conflict,
+    Conflict { last: Option<u64> },
     /// NATS or the stream did not answer in time, or refused for another reason.
     #[error("the event stream is unavailable: {0}")]
     Unavailable(String),
@@ -107,7 +108,9 @@ impl JetStreamBus {
             .map_err(|e| unavailable(&e))?
             .await
             .map_err(|e| match e.kind() {
-                PublishErrorKind::WrongLastSequence => PublishFailure::Conflict,
+                PublishErrorKind::WrongLastSequence => PublishFailure::Conflict {
+                    last: last_sequence_in(&e.to_string()),
+                },
                 _ => unavailable(&e),
             })?;
         if ack.sequence != env.seq {
@@ -153,8 +156,26 @@ impl JetStreamBus {
     }
 }
 
+/// The stream's actual last sequence in its "wrong last sequence: N" error, if it says.
+fn last_sequence_in(error: &str) -> Option<u64> {
+    const MARK: &str = "wrong last sequence: ";
+    let at = error.rfind(MARK)? + MARK.len();
+    let digits: String = error[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_the_last_sequence_from_the_conflict_error() {
+        let e = "wrong last sequence: wrong last sequence: 42 (code 400, error code 10071)";
+        assert_eq!(super::last_sequence_in(e), Some(42));
+        assert_eq!(super::last_sequence_in("wrong last sequence"), None);
+    }
+
     #[test]
     fn subjects_follow_the_contract() {
         assert_eq!(

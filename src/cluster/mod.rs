@@ -264,10 +264,13 @@ impl Cluster {
             let changed = self.peers.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (mut done, pending) = self.peers.split_at(seq, Instant::now());
+            let (mut done, mut pending) = self.peers.split_at(seq, Instant::now());
             if self.applied_seq() >= seq {
                 done.push(self.node_id.clone());
                 done.sort();
+            } else {
+                pending.push(self.node_id.clone());
+                pending.sort();
             }
             let now = Instant::now();
             if pending.is_empty() || now >= deadline {

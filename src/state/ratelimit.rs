@@ -93,6 +93,8 @@ struct BucketInner {
     wanted: u32,
     /// Claiming: the limit at the last request, to tell how much of a claim was free.
     limit: u32,
+    /// Claiming: this node's last claim in this window (claims ramp up from it).
+    last_claim: u32,
     /// Per-token counts and last use since the last flush, for "monitor usage".
     tallies: Vec<(TokenId, u32, i64)>,
     /// Unflushed counts of windows that ended before they were flushed.
@@ -120,6 +122,7 @@ impl BucketInner {
         self.in_flight = 0;
         self.granted = 0;
         self.wanted = 0;
+        self.last_claim = 0;
     }
 
     /// Adds `requests` of `token`, last at `at`, to the tallies of the next flush.
@@ -261,12 +264,20 @@ impl RateLimits {
             let mut b = bucket.inner.lock();
             if claiming {
                 let free = b.limit.saturating_sub(b.logged);
+                // The waiting demand, or twice the previous claim up to a 1/K share of what
+                // is left (a ramp, as TCP's slow start: a node that keeps needing requests
+                // claims ever more at a time, while a claim lost with a restart, or made
+                // beside another node's from a stale view, is small).
                 let claim = if b.wanted > 0 {
-                    b.wanted.max(free / nodes).clamp(1, free.max(1))
+                    let ramp = b.last_claim.saturating_mul(2).min(free / nodes);
+                    b.wanted.max(ramp).clamp(1, free.max(1))
                 } else {
                     0
                 };
                 b.wanted = 0;
+                if claim > 0 {
+                    b.last_claim = claim;
+                }
                 if claim == 0 && b.tallies.is_empty() {
                     continue;
                 }
@@ -427,16 +438,24 @@ mod tests {
         assert!(refused.share_used);
         assert_eq!(refused.retry_after(0), 1);
         let claim = rl.drain();
-        assert_eq!(claim[0].requests, 3, "a third of the 10 free");
+        assert_eq!(claim[0].requests, 1, "what was wanted");
         assert!(
             rl.try_admit(U, t, 0, 10, 60).unwrap_err().share_used,
             "not applied yet"
         );
         rl.apply(&claim[0], true);
-        for _ in 0..3 {
-            rl.try_admit(U, t, 0, 10, 60).unwrap();
-        }
+        rl.try_admit(U, t, 0, 10, 60).unwrap();
         assert!(rl.try_admit(U, t, 0, 10, 60).unwrap_err().share_used);
+        // Claims ramp up: twice the last (2), then 4 capped at a third of the 7 left (2).
+        for expected in [2, 2] {
+            let claim = rl.drain();
+            assert_eq!(claim[0].requests, expected);
+            rl.apply(&claim[0], true);
+            for _ in 0..expected {
+                rl.try_admit(U, t, 0, 10, 60).unwrap();
+            }
+            assert!(rl.try_admit(U, t, 0, 10, 60).unwrap_err().share_used);
+        }
     }
 
     #[test]
@@ -473,17 +492,20 @@ mod tests {
     fn claims_replayed_after_a_restart_count_as_used() {
         let rl = claiming(2);
         let t = TokenId::new();
-        let _ = rl.try_admit(U, t, 0, 10, 60);
+        for _ in 0..5 {
+            let _ = rl.try_admit(U, t, 0, 10, 60);
+        }
         let claim = rl.drain();
         assert_eq!(claim[0].requests, 5);
         // A fresh process replays the claim it made in its previous life: those 5 may have
         // been used, so it must claim anew from the 5 left.
         let fresh = claiming(2);
         fresh.apply(&claim[0], true);
-        let refused = fresh.try_admit(U, t, 0, 10, 60).unwrap_err();
-        assert!(refused.share_used, "nothing granted to this process yet");
+        for _ in 0..9 {
+            assert!(fresh.try_admit(U, t, 0, 10, 60).unwrap_err().share_used);
+        }
         let next = fresh.drain();
-        assert_eq!(next[0].requests, 2, "half of the 5 left");
+        assert_eq!(next[0].requests, 5, "what was wanted, up to the 5 left");
     }
 
     #[test]

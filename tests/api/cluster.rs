@@ -1,10 +1,12 @@
 //! Cluster mode: a `nats-server` of the test's own and three real nodes (`a`, `b`, `c`).
 
-use crate::helpers::{body, PASSWORD};
+use crate::helpers::{body, churn, Acked, PASSWORD};
 use crate::nats::{spawn_cluster, spawn_cluster_with, spawn_node, CLUSTER_CONFIG};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A gauge or counter from a node's `/metrics`.
@@ -200,66 +202,6 @@ async fn a_node_with_an_empty_data_directory_rebuilds_from_the_stream() {
     assert_eq!(here.len(), 2);
 }
 
-/// What a writer saw acknowledged.
-#[derive(Default)]
-struct Acked {
-    /// Issued, and not revoked (the revoke was refused).
-    live: Vec<String>,
-    /// Issued, then revoked.
-    revoked: Vec<String>,
-    refused: usize,
-}
-
-/// Issues and revokes tokens on `url` until `stop`, recording what was acknowledged.
-async fn churn(
-    url: String,
-    admin: String,
-    user: u64,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Acked {
-    let client = reqwest::Client::new();
-    let mut acked = Acked::default();
-    let refused = |v: &Value| {
-        assert_eq!(v["error"], "The event stream is unavailable; try again");
-    };
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let r = client
-            .post(format!("{url}/admin/users/{user}/tokens"))
-            .bearer_auth(&admin)
-            .json(&json!({"name": "load"}))
-            .send()
-            .await
-            .unwrap();
-        let v = match r.status() {
-            StatusCode::CREATED => body(r).await,
-            StatusCode::SERVICE_UNAVAILABLE => {
-                refused(&body(r).await);
-                acked.refused += 1;
-                continue;
-            }
-            s => panic!("unexpected {s}"),
-        };
-        let token = v["token"].as_str().unwrap().to_owned();
-        let id = v["token_id"].as_str().unwrap();
-        let r = client
-            .delete(format!("{url}/admin/tokens/{id}"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap();
-        match r.status() {
-            StatusCode::OK => acked.revoked.push(token),
-            StatusCode::SERVICE_UNAVAILABLE => {
-                refused(&body(r).await);
-                acked.refused += 1;
-                acked.live.push(token);
-            }
-            s => panic!("unexpected {s}"),
-        }
-    }
-    acked
-}
-
 #[tokio::test]
 async fn nats_killed_mid_stream_loses_no_acknowledged_event_and_nodes_recover() {
     let mut c = spawn_cluster().await;
@@ -296,6 +238,17 @@ async fn nats_killed_mid_stream_loses_no_acknowledged_event_and_nodes_recover() 
         assert!(killed.elapsed() < Duration::from_secs(3), "still answering");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Commands fail at once with a clear 503 and change nothing.
+    let before = token_list(&c.nodes[0], user).await;
+    let r = c.nodes[0]
+        .post_token(user, &json!({"name": "while down"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body(r).await["error"],
+        "The event stream is unavailable; try again"
+    );
+    assert_eq!(token_list(&c.nodes[0], user).await, before);
     c.nats.run();
     for n in &c.nodes {
         n.wait_ready().await;
@@ -309,10 +262,7 @@ async fn nats_killed_mid_stream_loses_no_acknowledged_event_and_nodes_recover() 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut all = Acked::default();
     for w in writers {
-        let a = w.await.unwrap();
-        all.live.extend(a.live);
-        all.revoked.extend(a.revoked);
-        all.refused += a.refused;
+        all.extend(w.await.unwrap());
     }
     assert!(
         all.refused > 0,
@@ -474,4 +424,81 @@ async fn a_single_node_cluster_serves_the_whole_api() {
         StatusCode::CONFLICT,
         "already revoked"
     );
+}
+
+#[tokio::test]
+async fn no_request_that_starts_after_a_revoke_returned_is_accepted() {
+    // Hundreds of 401s from one address: lift the throttle.
+    let config = format!(
+        "{CLUSTER_CONFIG}\n[tiers.business]\nrequests = 1000000\n[throttle]\nauth_failures = 1000000\n"
+    );
+    let c = spawn_cluster_with(&config).await;
+    let user = c.nodes[0].create_user("ann@example.com", "business").await;
+    for round in 0..3 {
+        let (token, id) = c.nodes[round % 3].issue_token(user).await;
+        let returned: Arc<std::sync::OnceLock<Instant>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counted = Arc::new(AtomicUsize::new(0));
+        // Eight clients hammer the token on the two nodes that do not revoke it.
+        let users: Vec<_> = (0..8)
+            .map(|i| {
+                let url = c.nodes[(round + 1 + i % 2) % 3].url.clone();
+                let (token, returned, stop, counted) = (
+                    token.clone(),
+                    returned.clone(),
+                    stop.clone(),
+                    counted.clone(),
+                );
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let after = returned.get().is_some_and(|t| started > *t);
+                        let status = client
+                            .get(format!("{url}/test"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                            .unwrap()
+                            .status();
+                        seen.push((after, status));
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let wait_for = |n: usize| {
+            let counted = counted.clone();
+            async move {
+                while counted.load(Ordering::Relaxed) < n {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        wait_for(40).await;
+        let r = c.nodes[(round + 2) % 3].revoke_admin(&id).await;
+        returned.set(Instant::now()).unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let so_far = counted.load(Ordering::Relaxed);
+        wait_for(so_far + 80).await;
+        stop.store(true, Ordering::Relaxed);
+        let (mut before, mut after) = (0, 0);
+        for u in users {
+            for (started_after, status) in u.await.unwrap() {
+                if started_after {
+                    after += 1;
+                    assert_eq!(
+                        status,
+                        StatusCode::UNAUTHORIZED,
+                        "accepted after the revoke returned"
+                    );
+                } else if status == StatusCode::OK {
+                    before += 1;
+                }
+            }
+        }
+        assert!(before > 0 && after >= 40, "{before} before, {after} after");
+    }
 }

@@ -4,6 +4,7 @@ mod admin;
 mod browser;
 mod cli;
 mod cluster;
+mod crash;
 mod dashboard;
 mod helpers;
 mod hostile;

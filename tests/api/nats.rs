@@ -1,9 +1,11 @@
 //! A `nats-server` of the test's own, on a free loopback port with its own store directory,
 //! so the test can kill and restart it; and `spawn_cluster()`, three nodes on top of it.
 
-use crate::helpers::{spawn_app_with, Opts, TestApp};
+use crate::helpers::{assert_no_secrets, spawn_app_with, Opts, TestApp};
+use futures_util::StreamExt;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct NatsServer {
@@ -97,6 +99,20 @@ pub async fn spawn_node(nats: &NatsServer, id: &str, config: &str) -> TestApp {
 pub struct TestCluster {
     pub nats: NatsServer,
     pub nodes: Vec<TestApp>,
+    /// Every message said on NATS while the cluster ran, searched for secrets at the end.
+    said: Arc<Mutex<Vec<Vec<u8>>>>,
+    recorder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.recorder.abort();
+        if !std::thread::panicking() {
+            for payload in self.said.lock().unwrap().iter() {
+                assert_no_secrets("a NATS message", payload);
+            }
+        }
+    }
 }
 
 /// A NATS server and three nodes, `a`, `b` and `c`, all ready and aware of each other.
@@ -106,11 +122,27 @@ pub async fn spawn_cluster() -> TestCluster {
 
 pub async fn spawn_cluster_with(config: &str) -> TestCluster {
     let nats = NatsServer::start();
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut all = client.subscribe(">").await.unwrap();
+    client.flush().await.unwrap();
+    let sink = said.clone();
+    let recorder = tokio::spawn(async move {
+        let _client = client;
+        while let Some(m) = all.next().await {
+            sink.lock().unwrap().push(m.payload.to_vec());
+        }
+    });
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
         nodes.push(spawn_node(&nats, id, config).await);
     }
-    let c = TestCluster { nats, nodes };
+    let c = TestCluster {
+        nats,
+        nodes,
+        said,
+        recorder,
+    };
     c.wait_for_peers().await;
     c
 }

@@ -74,3 +74,20 @@ async fn no_token_or_password_is_written_anywhere() {
         assert!(!replay.contains(s.as_str()));
     }
 }
+
+/// The scan every `TestApp` runs when dropped (see `helpers.rs`) finds tokens by their
+/// shape and checksum, wherever they sit in the text, and ignores hints and near misses.
+#[test]
+fn the_secret_scan_finds_tokens_and_only_tokens() {
+    let t = snaptrack_auth::domain::ApiToken::generate();
+    let t = t.expose();
+    let text = format!(
+        "x={t}&y=1 hint snpt_…{} typo {}Q",
+        &t[t.len() - 4..],
+        &t[..50]
+    );
+    assert_eq!(tokens_in(&text), vec![t]);
+    assert!(std::panic::catch_unwind(|| assert_no_secrets("text", text.as_bytes())).is_err());
+    assert!(std::panic::catch_unwind(|| assert_no_secrets("text", PASSWORD.as_bytes())).is_err());
+    assert_no_secrets("text", b"nothing to see");
+}
