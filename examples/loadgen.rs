@@ -3,6 +3,7 @@
 //! ```text
 //! loadgen propagation --admin TOKEN [--n 1000] URL...   # revocation propagation
 //! loadgen churn --admin TOKEN [--secs 10] [--conns 16] URL...   # issue + revoke throughput
+//! loadgen flood [--from 127.0.0.2] [--rate 10000] [--secs 10] [--conns 16] URL   # garbage
 //! ```
 //!
 //! `propagation`: for each of N tokens, issue it on one node, use it on every node, revoke it
@@ -12,6 +13,10 @@
 //!
 //! `churn`: CONNS workers, each with its own user, spread over the nodes, issue a token and
 //! revoke it, again and again, for SECS seconds. Prints issues/s, revokes/s and latencies.
+//!
+//! `flood`: CONNS connections from the address FROM send `GET /test` with garbage tokens (bad
+//! checksums), RATE a second in all (0: as fast as they can), for SECS seconds, and print how many were sent per second
+//! and how they were answered (401 until the per-address throttle turns them into 429s).
 //!
 //! The users are created on the business tier; give it a large limit in the nodes' config.
 
@@ -25,6 +30,8 @@ struct Args {
     n: usize,
     secs: u64,
     conns: usize,
+    from: String,
+    rate: f64,
     urls: Vec<String>,
 }
 
@@ -39,6 +46,8 @@ fn parse() -> Result<Args, String> {
         n: 1000,
         secs: 10,
         conns: 16,
+        from: "127.0.0.2".into(),
+        rate: 10_000.0,
         urls: vec![],
     };
     while let Some(arg) = it.next() {
@@ -48,10 +57,12 @@ fn parse() -> Result<Args, String> {
             "--n" => a.n = value()?.parse().map_err(|e| format!("--n: {e}"))?,
             "--secs" => a.secs = value()?.parse().map_err(|e| format!("--secs: {e}"))?,
             "--conns" => a.conns = value()?.parse().map_err(|e| format!("--conns: {e}"))?,
+            "--from" => a.from = value()?,
+            "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
             url => a.urls.push(url.trim_end_matches('/').to_owned()),
         }
     }
-    if a.urls.is_empty() || a.admin.is_empty() {
+    if a.urls.is_empty() || (a.admin.is_empty() && a.mode != "flood") {
         return Err("need --admin and at least one URL".into());
     }
     Ok(a)
@@ -257,11 +268,65 @@ async fn churn(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+async fn flood(a: &Args) -> Result<(), String> {
+    let from: std::net::IpAddr = a.from.parse().map_err(|e| format!("--from: {e}"))?;
+    let client = Client::builder()
+        .local_address(from)
+        .pool_max_idle_per_host(a.conns)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}/test", a.urls[0]);
+    let deadline = Instant::now() + Duration::from_secs(a.secs);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..a.conns)
+        .map(|w| {
+            let (client, url) = (client.clone(), url.clone());
+            let period = (a.rate > 0.0).then(|| Duration::from_secs_f64(a.conns as f64 / a.rate));
+            tokio::spawn(async move {
+                let mut counts = std::collections::BTreeMap::<u16, u64>::new();
+                let mut i = 0u64;
+                let mut tick = period.map(tokio::time::interval);
+                while Instant::now() < deadline {
+                    if let Some(t) = tick.as_mut() {
+                        t.tick().await;
+                    }
+                    // Well-formed in length, prefix and alphabet; its checksum does not match.
+                    let garbage = format!("snpt_{w:0>40}{i:0>6}");
+                    i += 1;
+                    let status = client
+                        .get(&url)
+                        .bearer_auth(&garbage)
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .status();
+                    *counts.entry(status.as_u16()).or_default() += 1;
+                }
+                Ok::<_, String>(counts)
+            })
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::<u16, u64>::new();
+    for w in workers {
+        for (k, v) in w.await.map_err(|e| e.to_string())?? {
+            *counts.entry(k).or_default() += v;
+        }
+    }
+    let total: u64 = counts.values().sum();
+    println!(
+        "garbage requests/s          {:.0}",
+        total as f64 / started.elapsed().as_secs_f64()
+    );
+    println!("answers                     {counts:?}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let result = match parse() {
         Ok(a) if a.mode == "propagation" => propagation(&a).await,
         Ok(a) if a.mode == "churn" => churn(&a).await,
+        Ok(a) if a.mode == "flood" => flood(&a).await,
         Ok(a) => Err(format!("unknown mode {}", a.mode)),
         Err(e) => Err(e),
     };
