@@ -123,14 +123,21 @@ async fn revoke(client: &Client, url: &str, admin: &str, id: &str) -> Result<Val
     Ok(v)
 }
 
+/// The status of `GET /test` with `token`, and the body when it is not 200 or 401.
 async fn check(client: &Client, url: &str, token: &str) -> Result<StatusCode, String> {
-    client
+    let r = client
         .get(format!("{url}/test"))
         .bearer_auth(token)
         .send()
         .await
-        .map(|r| r.status())
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let status = r.status();
+    if status != StatusCode::OK && status != StatusCode::UNAUTHORIZED {
+        let retry = r.headers().get("retry-after").cloned();
+        let body = r.text().await.unwrap_or_default();
+        return Err(format!("{url}: {status} (retry-after {retry:?}) {body}"));
+    }
+    Ok(status)
 }
 
 async fn propagation(a: &Args) -> Result<(), String> {

@@ -41,7 +41,15 @@ pub fn start(
 async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) {
     let flushing = Arc::new(AtomicBool::new(false));
     loop {
-        if let Err(e) = cluster.bus.ensure_stream().await {
+        // Create the stream only on a node that has applied nothing: one that has must find
+        // the stream it came from, not a new empty one (which the staleness probe would then
+        // report as diverged).
+        let ready = if state.applied_seq() == 0 {
+            cluster.bus.ensure_stream().await
+        } else {
+            cluster.bus.last_seq().await.map(|_| ())
+        };
+        if let Err(e) = ready {
             tracing::warn!(error = %e, "stream not available; retrying");
             tokio::time::sleep(RETRY).await;
             continue;
@@ -192,7 +200,12 @@ async fn announce(cluster: Arc<Cluster>, state: Arc<State>) {
             msg = sub.next() => {
                 let Some(msg) = msg else { return };
                 match serde_json::from_slice::<Announcement>(&msg.payload) {
-                    Ok(a) => cluster.peers.heard(a, Instant::now()),
+                    Ok(a) => {
+                        if let Err(e) = cluster.peers.heard(a, Instant::now()) {
+                            tracing::error!(error = %e, "the node fails closed");
+                            cluster.halt();
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "ignoring a malformed announcement"),
                 }
                 // Each limit is shared by the live nodes (see `RateLimits`).

@@ -271,6 +271,14 @@ async fn publish_command(
         };
         // Another node appended first: catch up with the stream, then try again.
         match stream_last {
+            Some(last) if last < base => {
+                // The stream holds less than this node applied: it was recreated or lost
+                // events. Nothing published now could be trusted.
+                cluster.halt();
+                return Err(WriteError::Unavailable(format!(
+                    "the stream ends at seq {last} but this node applied seq {base}"
+                )));
+            }
             Some(last) => {
                 if !cluster.wait_applied(last, timeout).await {
                     return Err(WriteError::Unavailable(format!(

@@ -9,7 +9,7 @@
 
 mod presence;
 
-pub use presence::{Announcement, Peers};
+pub use presence::{Announcement, DuplicateId, Peers};
 
 use crate::bus::JetStreamBus;
 use crate::config::ClusterSettings;
@@ -45,6 +45,8 @@ struct Asked {
 pub struct Cluster {
     pub bus: JetStreamBus,
     pub node_id: String,
+    /// Random per process (see [`Announcement::instance`]).
+    instance: String,
     pub settings: ClusterSettings,
     /// The replicator's applied sequence; waiters (the writer, catch-ups) watch it.
     applied: watch::Sender<u64>,
@@ -93,12 +95,19 @@ impl Cluster {
         settings: ClusterSettings,
         applied: u64,
     ) -> Self {
+        let instance = uuid::Uuid::new_v4().to_string();
         Cluster {
             bus,
             node_id: node_id.clone(),
+            instance: instance.clone(),
             settings,
             applied: watch::Sender::new(applied),
-            peers: Peers::new(node_id, settings.presence_interval * 3),
+            peers: Peers::new(
+                node_id,
+                instance,
+                settings.presence_interval * 3,
+                settings.max_staleness + settings.presence_interval,
+            ),
             epoch: Instant::now(),
             fresh_ms: AtomicU64::new(0),
             halted: AtomicBool::new(false),
@@ -284,6 +293,7 @@ impl Cluster {
     pub async fn announce(&self, leaving: bool) {
         let msg = Announcement {
             node_id: self.node_id.clone(),
+            instance: self.instance.clone(),
             applied_seq: self.applied_seq(),
             leaving,
         };

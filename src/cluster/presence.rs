@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
     pub node_id: String,
+    /// Random per process: two processes announcing the same `node_id` are a misconfiguration
+    /// that would break the barrier and the rate limits, and this tells them apart.
+    #[serde(default)]
+    pub instance: String,
     pub applied_seq: u64,
     /// Sent once at graceful shutdown, so others stop counting the node as live at once.
     #[serde(default)]
@@ -17,30 +21,50 @@ struct Peer {
     seen: Instant,
 }
 
+/// Another process announced this node's id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("another process announces node id {0:?}: every node needs its own --node-id")]
+pub struct DuplicateId(pub String);
+
 /// The other nodes this node has heard from.
 pub struct Peers {
     own_id: String,
-    /// A node unheard for this long is no longer live.
+    own_instance: String,
+    /// A node unheard for this long no longer shares the rate limits.
     timeout: Duration,
+    /// A node unheard for this long can no longer be serving (its staleness bound has
+    /// passed): only then may a revoke stop waiting for it.
+    barrier_timeout: Duration,
     /// A std mutex: held for a map operation, never across an `.await`.
     map: parking_lot::Mutex<HashMap<String, Peer>>,
     changed: tokio::sync::Notify,
 }
 
 impl Peers {
-    pub fn new(own_id: String, timeout: Duration) -> Self {
+    pub fn new(
+        own_id: String,
+        own_instance: String,
+        timeout: Duration,
+        barrier_timeout: Duration,
+    ) -> Self {
         Peers {
             own_id,
+            own_instance,
             timeout,
+            barrier_timeout,
             map: parking_lot::Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
         }
     }
 
-    /// Records an announcement heard at `now`. Own announcements are ignored.
-    pub fn heard(&self, a: Announcement, now: Instant) {
+    /// Records an announcement heard at `now`. Own announcements are ignored; another
+    /// process's under this node's id is an error.
+    pub fn heard(&self, a: Announcement, now: Instant) -> Result<(), DuplicateId> {
         if a.node_id == self.own_id {
-            return;
+            if a.instance != self.own_instance {
+                return Err(DuplicateId(a.node_id));
+            }
+            return Ok(());
         }
         {
             let mut map = self.map.lock();
@@ -56,6 +80,7 @@ impl Peers {
             }
         }
         self.changed.notify_waiters();
+        Ok(())
     }
 
     /// Resolves at the next announcement.
@@ -63,13 +88,13 @@ impl Peers {
         self.changed.notified()
     }
 
-    /// Live peers (heard within the timeout) split into those that have applied `seq` and
-    /// those that have not, each sorted by id.
+    /// The peers that may still be serving (heard within the barrier timeout) split into
+    /// those that have applied `seq` and those that have not, each sorted by id.
     pub fn split_at(&self, seq: u64, now: Instant) -> (Vec<String>, Vec<String>) {
         let map = self.map.lock();
         let (mut done, mut pending): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
         for (id, p) in map.iter() {
-            if now.saturating_duration_since(p.seen) > self.timeout {
+            if now.saturating_duration_since(p.seen) > self.barrier_timeout {
                 continue;
             }
             if p.applied >= seq {
@@ -100,41 +125,72 @@ mod tests {
     fn ann(id: &str, seq: u64) -> Announcement {
         Announcement {
             node_id: id.into(),
+            instance: format!("{id}-1"),
             applied_seq: seq,
             leaving: false,
         }
     }
 
+    fn peers() -> Peers {
+        Peers::new(
+            "a".into(),
+            "a-1".into(),
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+        )
+    }
+
     #[test]
     fn splits_live_peers_by_applied_sequence() {
-        let peers = Peers::new("a".into(), Duration::from_secs(1));
+        let peers = peers();
         let t = Instant::now();
-        peers.heard(ann("a", 1), t);
-        peers.heard(ann("b", 5), t);
-        peers.heard(ann("c", 3), t);
+        peers.heard(ann("a", 1), t).unwrap();
+        peers.heard(ann("b", 5), t).unwrap();
+        peers.heard(ann("c", 3), t).unwrap();
         assert_eq!(peers.split_at(4, t), (vec!["b".into()], vec!["c".into()]));
         assert_eq!(peers.live_count(t), 3);
         // Sequences never go back.
-        peers.heard(ann("b", 2), t);
+        peers.heard(ann("b", 2), t).unwrap();
         assert_eq!(peers.split_at(4, t).0, vec!["b".to_string()]);
     }
 
     #[test]
     fn silent_and_leaving_peers_are_not_live() {
-        let peers = Peers::new("a".into(), Duration::from_secs(1));
+        let peers = peers();
         let t = Instant::now();
-        peers.heard(ann("b", 5), t);
-        peers.heard(ann("c", 5), t);
+        peers.heard(ann("b", 5), t).unwrap();
+        peers.heard(ann("c", 0), t).unwrap();
+        // Silent for longer than the live timeout: no longer sharing the limits, but a revoke
+        // still waits for it until its staleness bound has passed.
         let later = t + Duration::from_secs(2);
-        assert_eq!(peers.split_at(1, later), (vec![], vec![]));
-        peers.heard(
-            Announcement {
-                leaving: true,
-                ..ann("c", 5)
-            },
-            t,
-        );
-        assert_eq!(peers.split_at(1, t).0, vec!["b".to_string()]);
         assert_eq!(peers.live_count(later), 1);
+        assert_eq!(
+            peers.split_at(1, later),
+            (vec!["b".into()], vec!["c".into()])
+        );
+        let much_later = t + Duration::from_secs(4);
+        assert_eq!(peers.split_at(1, much_later), (vec![], vec![]));
+        peers
+            .heard(
+                Announcement {
+                    leaving: true,
+                    ..ann("c", 5)
+                },
+                t,
+            )
+            .unwrap();
+        assert_eq!(peers.split_at(1, t), (vec!["b".into()], vec![]));
+    }
+
+    #[test]
+    fn another_process_with_this_node_id_is_an_error() {
+        let peers = peers();
+        let t = Instant::now();
+        assert!(peers.heard(ann("a", 1), t).is_ok(), "own announcement");
+        let twin = Announcement {
+            instance: "a-2".into(),
+            ..ann("a", 1)
+        };
+        assert_eq!(peers.heard(twin, t), Err(DuplicateId("a".into())));
     }
 }

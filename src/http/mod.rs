@@ -418,14 +418,16 @@ impl Application {
             Ok(Err(e)) => tracing::error!(error = %e, "usage flush at shutdown failed"),
             Err(e) => tracing::error!(error = %e, "writer gone at shutdown"),
         }
+        // Stop the replicator and the announcer first, so that no tick announces this node
+        // as live again after it said it leaves.
+        for task in &self.tasks {
+            task.abort();
+        }
         if let Some(c) = &self.cluster {
             c.announce(true).await;
             if let Err(e) = c.bus.client().flush().await {
                 tracing::debug!(error = %e, "NATS flush at shutdown failed");
             }
-        }
-        for task in &self.tasks {
-            task.abort();
         }
         if let Err(e) = self.log.wait_durable(self.log.last_seq()).await {
             tracing::error!(error = %e, "final log flush failed");

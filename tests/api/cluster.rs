@@ -502,3 +502,29 @@ async fn no_request_that_starts_after_a_revoke_returned_is_accepted() {
         assert!(before > 0 && after >= 40, "{before} before, {after} after");
     }
 }
+
+#[tokio::test]
+async fn two_processes_with_one_node_id_both_stop_serving() {
+    let c = spawn_cluster().await;
+    let twin = crate::helpers::spawn_app_with(crate::helpers::Opts {
+        config: Some(CLUSTER_CONFIG.into()),
+        env: vec![
+            ("SNAPTRACK_AUTH_NATS_URL".into(), c.nats.url()),
+            ("SNAPTRACK_AUTH_NODE_ID".into(), "a".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // Each hears the other's announcement within a presence interval (100 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for node in [&c.nodes[0], &twin] {
+        while node.get("/readyz").await.status() != StatusCode::SERVICE_UNAVAILABLE {
+            assert!(Instant::now() < deadline, "{} still serving", node.url);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(c.nodes[0]
+        .output()
+        .iter()
+        .any(|l| l.contains("another process announces node id \"a\"")));
+}
