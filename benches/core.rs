@@ -107,6 +107,34 @@ fn verify(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // Cluster mode's claiming buckets, measured inside a granted claim (the steady state):
+    // claims ramp up (1, 2, 4, ...) until the last covers the measured iterations.
+    g.bench_function("rate_limit_check_alone_claiming", |b| {
+        b.iter_custom(|iters| {
+            let rl = snaptrack_auth::state::RateLimits::default();
+            rl.use_claims();
+            let admit = || rl.try_admit(live.user_id, live.token_id, now, u32::MAX, 60);
+            loop {
+                let _ = admit();
+                let claims = rl.drain();
+                for e in &claims {
+                    rl.apply(e, true);
+                }
+                if claims
+                    .first()
+                    .is_some_and(|e| u64::from(e.requests) >= iters)
+                {
+                    break;
+                }
+                while admit().is_ok() {}
+            }
+            let started = std::time::Instant::now();
+            for _ in 0..iters {
+                black_box(admit().unwrap());
+            }
+            started.elapsed()
+        })
+    });
     g.bench_function("garbage_rejected_by_checksum", |b| {
         let garbage = format!("{}zzzzzz", &token.expose()[..45]);
         b.iter(|| hash_if_well_formed(black_box(&garbage)).unwrap_err())
