@@ -76,6 +76,15 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// Prints `label  p50 / p99 ms` of the latencies in `sorted`.
+fn print_latency(label: &str, sorted: &[Duration]) {
+    println!(
+        "{label:<35} {:.3} / {:.3} ms",
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99)
+    );
+}
+
 async fn create_user(client: &Client, url: &str, admin: &str, email: &str) -> Result<u64, String> {
     let r = client
         .post(format!("{url}/admin/users"))
@@ -188,16 +197,8 @@ async fn propagation(a: &Args) -> Result<(), String> {
     rejected_everywhere.sort();
     println!("revocations                 {}", a.n);
     println!("nodes                       {k}");
-    println!(
-        "revoke call p50 / p99       {:.3} / {:.3} ms",
-        percentile(&calls, 0.5),
-        percentile(&calls, 0.99)
-    );
-    println!(
-        "until all others reject     {:.3} / {:.3} ms (p50 / p99)",
-        percentile(&rejected_everywhere, 0.5),
-        percentile(&rejected_everywhere, 0.99)
-    );
+    print_latency("revoke call p50 / p99", &calls);
+    print_latency("until all others reject p50 / p99", &rejected_everywhere);
     println!("accepted after revoke       {accepted_after_revoke}");
     println!("revokes with pending nodes  {pending_reports}");
     Ok(())
@@ -262,16 +263,8 @@ async fn churn(a: &Args) -> Result<(), String> {
         "revokes/s                   {:.0}",
         revokes.len() as f64 / elapsed
     );
-    println!(
-        "issue p50 / p99             {:.3} / {:.3} ms",
-        percentile(&issues, 0.5),
-        percentile(&issues, 0.99)
-    );
-    println!(
-        "revoke p50 / p99            {:.3} / {:.3} ms",
-        percentile(&revokes, 0.5),
-        percentile(&revokes, 0.99)
-    );
+    print_latency("issue p50 / p99", &issues);
+    print_latency("revoke p50 / p99", &revokes);
     Ok(())
 }
 
