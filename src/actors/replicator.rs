@@ -47,12 +47,45 @@ async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) 
         let ready = if state.applied_seq() == 0 {
             cluster.bus.ensure_stream().await
         } else {
-            cluster.bus.last_seq().await.map(|_| ())
+            Ok(())
         };
-        if let Err(e) = ready {
-            tracing::warn!(error = %e, "stream not available; retrying");
-            tokio::time::sleep(RETRY).await;
-            continue;
+        let identity = match ready {
+            Ok(()) => cluster.bus.identity().await,
+            Err(e) => Err(e),
+        };
+        let created = match identity {
+            Ok((_, created)) => created,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream not available; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        // The local log mirrors one stream: a stream deleted and created again holds other
+        // events under the same numbers.
+        match log.meta("stream_created") {
+            Ok(Some(known)) if known != created => {
+                tracing::error!(
+                    known = %known,
+                    found = %created,
+                    "the stream was recreated since this node mirrored it; the node fails closed (start it with an empty data directory)"
+                );
+                cluster.halt();
+                return;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Err(e) = log.set_meta("stream_created", &created) {
+                    tracing::error!(error = %e, "cannot record the stream's identity");
+                    cluster.halt();
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stream's identity");
+                cluster.halt();
+                return;
+            }
         }
         let start = state.applied_seq() + 1;
         let mut messages = match cluster.bus.consume_from(start).await {

@@ -125,12 +125,19 @@ impl JetStreamBus {
 
     /// The stream's last sequence.
     pub async fn last_seq(&self) -> Result<u64, String> {
+        Ok(self.identity().await?.0)
+    }
+
+    /// The stream's last sequence and its creation time: a stream deleted and created again
+    /// has another.
+    pub async fn identity(&self) -> Result<(u64, String), String> {
         let stream = self
             .js
             .get_stream(STREAM)
             .await
             .map_err(|e| format!("stream {STREAM} unavailable: {e}"))?;
-        Ok(stream.cached_info().state.last_sequence)
+        let info = stream.cached_info();
+        Ok((info.state.last_sequence, info.created.to_string()))
     }
 
     /// An ordered consumer delivering every event from `start` (inclusive), in order.

@@ -344,6 +344,23 @@ impl SledLog {
         })
     }
 
+    /// A value of the log's metadata (beside the events: which mode wrote them, which
+    /// stream they mirror).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, LogError> {
+        let tree = self.db.open_tree("meta")?;
+        Ok(tree
+            .get(key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Sets a metadata value and flushes it.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), LogError> {
+        let tree = self.db.open_tree("meta")?;
+        tree.insert(key, value.as_bytes())?;
+        tree.flush()?;
+        Ok(())
+    }
+
     /// Writes raw bytes under a sequence number, bypassing every check. For tests that need a
     /// corrupt or out-of-order log.
     #[doc(hidden)]

@@ -188,6 +188,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Opens the log in `settings.data` and replays it into a fresh state.
 pub fn open_and_replay(settings: &Settings) -> Result<(Arc<SledLog>, Arc<State>), StartError> {
     let log = Arc::new(SledLog::open(&settings.data)?);
+    // Embedded logs number events themselves; cluster logs mirror the stream's numbers. One
+    // data directory holds one kind: mixing them would apply unrelated events on top.
+    let mode = if settings.nats.is_some() {
+        "cluster"
+    } else {
+        "embedded"
+    };
+    let written_by = match log.meta("mode")? {
+        // Logs from before the marker existed are embedded ones.
+        None if log.last_seq() > 0 => Some("embedded".to_owned()),
+        other => other,
+    };
+    match written_by {
+        Some(m) if m != mode => {
+            return Err(StartError::Other(format!(
+                "the data directory {} holds a log written in {m} mode; a node in {mode} mode needs another (or an empty) data directory",
+                settings.data.display()
+            )))
+        }
+        Some(_) => {}
+        None => log.set_meta("mode", mode)?,
+    }
     let state = Arc::new(State::new(&settings.node_id));
     if settings.nats.is_some() {
         // Cluster mode: nodes claim their requests before admitting them (one global limit).

@@ -528,3 +528,73 @@ async fn two_processes_with_one_node_id_both_stop_serving() {
         .iter()
         .any(|l| l.contains("another process announces node id \"a\"")));
 }
+
+#[tokio::test]
+async fn a_node_refuses_a_recreated_stream_and_an_embedded_data_directory() {
+    let mut c = spawn_cluster().await;
+    let user = c.nodes[0].create_user("ann@example.com", "pro").await;
+    let (token, _) = c.nodes[0].issue_token(user).await;
+    c.nodes[0].stop().await;
+    // Someone deletes the stream and creates an empty one of the same name.
+    let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await.unwrap());
+    js.delete_stream("SNAPTRACK_AUTH").await.unwrap();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SNAPTRACK_AUTH".into(),
+        subjects: vec!["snaptrack.auth.v1.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.nodes[0].start(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.nodes[0]
+        .output()
+        .iter()
+        .any(|l| l.contains("the stream was recreated since this node mirrored it"))
+    {
+        assert!(Instant::now() < deadline, "no complaint about the stream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // It fails closed: neither ready nor answering token checks.
+    assert_eq!(
+        c.nodes[0].get("/readyz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        c.nodes[0].get_test(&token).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // An embedded node's data directory cannot join a cluster, nor the other way round.
+    let mut embedded = crate::helpers::spawn_app().await;
+    embedded.create_user("bob@example.com", "pro").await;
+    embedded.stop().await;
+    let dir = embedded.data_dir();
+    let out = std::process::Command::new(crate::helpers::BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            &c.nats.url(),
+            "--data",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds a log written in embedded mode"),
+        "{err}"
+    );
+    c.nodes[1].stop().await;
+    let out = std::process::Command::new(crate::helpers::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(c.nodes[1].data_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds a log written in cluster mode"), "{err}");
+}
