@@ -166,6 +166,12 @@ impl RateLimits {
             share_used,
         };
         let remaining = if self.claiming() {
+            if limit < b.limit {
+                // The plan shrank mid-window: what this node was granted under the old limit
+                // counts only as far as the new one leaves room.
+                let cap = b.local.saturating_add(limit.saturating_sub(b.logged));
+                b.granted = b.granted.min(cap);
+            }
             b.limit = limit;
             if b.local >= b.granted {
                 if b.logged >= limit && b.in_flight == 0 {
@@ -486,6 +492,24 @@ mod tests {
             assert!(!refused.share_used);
             assert_eq!(refused.retry_after(0), 60);
         }
+    }
+
+    #[test]
+    fn a_smaller_limit_cuts_what_was_granted_under_the_larger_one() {
+        let rl = claiming(1);
+        let t = TokenId::new();
+        for _ in 0..30 {
+            let _ = rl.try_admit(U, t, 0, 100, 60);
+        }
+        for e in rl.drain() {
+            rl.apply(&e, true);
+        }
+        for _ in 0..5 {
+            rl.try_admit(U, t, 0, 100, 60).unwrap();
+        }
+        // Downgraded to 10: 25 granted requests are left, but the window has no room for them.
+        let refused = rl.try_admit(U, t, 0, 10, 60).unwrap_err();
+        assert!(!refused.share_used, "{refused:?}");
     }
 
     #[test]
