@@ -72,10 +72,17 @@ enum Step {
     Sync(actix::Addr<crate::actors::Writer>),
 }
 
+/// What a request has already waited for: each at most once.
+#[derive(Clone, Copy, Default)]
+struct Tried {
+    catch_up: bool,
+    sync: bool,
+}
+
 impl Caller {
-    /// The check. `second` is set when looking again after a catch-up or a sync, which is
-    /// done at most once per request.
-    fn check(req: &HttpRequest, second: bool) -> Step {
+    /// The check, after what `tried` says was already done. A token issued elsewhere a
+    /// moment ago may need both: a catch-up to know it, then a sync to claim its requests.
+    fn check(req: &HttpRequest, tried: Tried) -> Step {
         let app = match app(req) {
             Ok(app) => app,
             Err(e) => return Step::Done(Err(e)),
@@ -101,10 +108,10 @@ impl Caller {
         };
         app.metrics.verify_latency.observe(started.elapsed());
         let outcome = match (outcome, &app.cluster) {
-            (Err(Denied::Unauthorized("unknown")), Some(c)) if !second => {
+            (Err(Denied::Unauthorized("unknown")), Some(c)) if !tried.catch_up => {
                 return Step::CatchUp(c.clone());
             }
-            (Err(Denied::RateLimited(info)), Some(_)) if info.share_used && !second => {
+            (Err(Denied::RateLimited(info)), Some(_)) if info.share_used && !tried.sync => {
                 return Step::Sync(app.writer.clone());
             }
             (outcome, _) => outcome,
@@ -129,17 +136,6 @@ impl Caller {
     }
 }
 
-impl Caller {
-    fn check_again(req: &HttpRequest) -> Result<Caller, ApiError> {
-        match Caller::check(req, true) {
-            Step::Done(r) => r,
-            // `second` rules these out; answer as the check would have without them.
-            Step::CatchUp(_) => Err(ApiError::unauthorized()),
-            Step::Sync(_) => Err(ApiError::retry_after(Code::RateLimited, 1)),
-        }
-    }
-}
-
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Either<
@@ -148,30 +144,38 @@ impl FromRequest for Caller {
     >;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        match Caller::check(req, false) {
-            Step::Done(r) => Either::Left(ready(r)),
-            Step::CatchUp(cluster) => {
-                let req = req.clone();
-                Either::Right(Box::pin(async move {
-                    if let Err(e) = cluster.catch_up_after_miss().await {
-                        tracing::warn!(error = %e, "catch-up for an unknown token failed");
-                        return Err(ApiError::retry_after(Code::ServiceUnavailable, 1));
+        let first = match Caller::check(req, Tried::default()) {
+            Step::Done(r) => return Either::Left(ready(r)),
+            step => step,
+        };
+        let req = req.clone();
+        Either::Right(Box::pin(async move {
+            let mut tried = Tried::default();
+            let mut step = first;
+            loop {
+                match step {
+                    Step::Done(r) => return r,
+                    Step::CatchUp(cluster) => {
+                        if let Err(e) = cluster.catch_up_after_miss().await {
+                            tracing::warn!(error = %e, "catch-up for an unknown token failed");
+                            return Err(ApiError::retry_after(Code::ServiceUnavailable, 1));
+                        }
+                        tried.catch_up = true;
                     }
-                    Caller::check_again(&req)
-                }))
-            }
-            Step::Sync(writer) => {
-                let req = req.clone();
-                Either::Right(Box::pin(async move {
-                    match writer.send(crate::actors::FlushUsage).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::warn!(error = %e, "usage sync failed"),
-                        Err(e) => tracing::warn!(error = %e, "writer unavailable for usage sync"),
+                    Step::Sync(writer) => {
+                        match writer.send(crate::actors::FlushUsage).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!(error = %e, "usage sync failed"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "writer unavailable for usage sync")
+                            }
+                        }
+                        tried.sync = true;
                     }
-                    Caller::check_again(&req)
-                }))
+                }
+                step = Caller::check(&req, tried);
             }
-        }
+        }))
     }
 }
 

@@ -440,12 +440,13 @@ impl Acked {
 }
 
 /// Issues and revokes tokens of `user` on `url` until `stop` or until the server goes away,
-/// recording what was acknowledged.
+/// recording what was acknowledged and counting acknowledged revokes in `progress`.
 pub async fn churn(
     url: String,
     admin: String,
     user: u64,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    progress: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Acked {
     let client = Client::new();
     let mut acked = Acked::default();
@@ -464,6 +465,7 @@ pub async fn churn(
             StatusCode::CREATED => body(r).await,
             StatusCode::SERVICE_UNAVAILABLE => {
                 acked.refused += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
             s => panic!("unexpected {s}"),
@@ -482,9 +484,15 @@ pub async fn churn(
             .send()
             .await;
         match outcome.as_ref().map(|r| r.status()) {
-            Ok(StatusCode::OK) => acked.revoked.push(token),
+            Ok(StatusCode::OK) => {
+                acked.revoked.push(token);
+                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             // Not acknowledged: the stream may or may not have stored it before the error.
-            Ok(StatusCode::SERVICE_UNAVAILABLE) => acked.refused += 1,
+            Ok(StatusCode::SERVICE_UNAVAILABLE) => {
+                acked.refused += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Ok(s) => panic!("unexpected {s}"),
             Err(_) => break, // unknown outcome: neither live nor revoked for sure
         }
