@@ -13,9 +13,11 @@
 //! order, so all agree on how much of each claim was still free: a claim beyond the limit is
 //! granted only up to it. Admitted requests never exceed granted claims, so the whole
 //! cluster admits at most the limit per window — exactly, with no slack. The price: a claim
-//! costs one publish (about 0.3 ms), and what a node claimed but did not use is lost to the
-//! other nodes for that window (each claim is the waiting demand or a 1/K share of what is
-//! left, whichever is larger). The same events carry per-token tallies for "monitor usage".
+//! costs one publish and apply (about 1 ms), and what a node claimed but did not use is lost
+//! to the other nodes for that window. Each claim is the waiting demand, or twice the node's
+//! previous claim capped at a 1/K share of what is left, whichever is larger: claims ramp up
+//! like TCP's slow start, so a claim lost with a restart is small. The same events carry
+//! per-token tallies for "monitor usage".
 
 use crate::domain::{TokenId, UserId};
 use crate::event::{TokenUsage, UsageRecorded};
@@ -54,7 +56,8 @@ pub struct RateLimits {
     /// Claiming mode (cluster) rather than counting mode (see the module doc). Set once, at
     /// start-up, before the log is replayed.
     claims: std::sync::atomic::AtomicBool,
-    /// Live nodes sharing each user's limit: a claim is at least a 1/K share of what is left.
+    /// Live nodes sharing each user's limit: a claim ramps up to at most a 1/K share of what
+    /// is left (more only when that many requests are waiting).
     nodes: std::sync::atomic::AtomicU32,
 }
 
