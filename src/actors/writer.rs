@@ -244,22 +244,20 @@ async fn publish_command(
             return Ok(published);
         }
         let envs = envelopes(events, base, &cluster.node_id, now);
-        let mut conflict = None;
-        for (i, env) in envs.iter().enumerate() {
-            match cluster.bus.publish(env).await {
-                Ok(()) => published.push(env.clone()),
-                Err(PublishFailure::Conflict { last }) => {
-                    conflict = Some(last);
-                    if !published.is_empty() {
-                        rest = Some(envs[i..].iter().map(|e| e.event.clone()).collect());
-                    }
-                    break;
+        let (landed, failure) = cluster.bus.publish(&envs).await;
+        published.extend_from_slice(&envs[..landed]);
+        let conflict = match failure {
+            None => None,
+            Some(PublishFailure::Conflict { last }) => {
+                if !published.is_empty() {
+                    rest = Some(envs[landed..].iter().map(|e| e.event.clone()).collect());
                 }
-                Err(PublishFailure::Unavailable(reason)) => {
-                    return Err(WriteError::Unavailable(reason));
-                }
+                Some(last)
             }
-        }
+            Some(PublishFailure::Unavailable(reason)) => {
+                return Err(WriteError::Unavailable(reason));
+            }
+        };
         let Some(stream_last) = conflict else {
             let last = published.last().map_or(base, |e| e.seq);
             if !cluster.wait_applied(last, timeout).await {

@@ -6,6 +6,8 @@ use std::time::Duration;
 pub const STREAM: &str = "SNAPTRACK_AUTH";
 /// The subjects the stream captures: one per event type.
 pub const SUBJECTS: &str = "snaptrack.auth.v1.>";
+/// Events published per pipelined round.
+const PIPELINE: usize = 256;
 /// Where nodes announce themselves and their applied sequence (core NATS, not in the stream).
 pub const PRESENCE_SUBJECT: &str = "snaptrack.auth.nodes";
 
@@ -93,34 +95,76 @@ impl JetStreamBus {
             .map_err(|e| format!("cannot open stream {STREAM}: {e}"))
     }
 
-    /// Publishes `env` on its subject, accepted only if the stream's last sequence is
-    /// `env.seq - 1`.
-    pub async fn publish(&self, env: &Envelope) -> Result<(), PublishFailure> {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(env.to_json().into())
-            .message_id(env.event_id.to_string())
-            .expected_last_sequence(env.seq - 1);
+    /// Publishes `envs` (consecutive sequence numbers) on their subjects, each accepted only
+    /// if the stream's last sequence is the one before it. The publishes are pipelined: all
+    /// are sent, then the acknowledgements read in order, so N events cost about one round
+    /// trip. Returns how many landed, and why the next did not; once one is refused, the
+    /// rest are too (their expected sequence never comes).
+    pub async fn publish(&self, envs: &[Envelope]) -> (usize, Option<PublishFailure>) {
         let unavailable = |e: &dyn std::fmt::Display| PublishFailure::Unavailable(e.to_string());
-        let ack = self
-            .js
-            .send_publish(subject(env.event.kind()), publish)
-            .await
-            .map_err(|e| unavailable(&e))?
-            .await
-            .map_err(|e| match e.kind() {
-                PublishErrorKind::WrongLastSequence => PublishFailure::Conflict {
-                    last: last_sequence_in(&e.to_string()),
-                },
-                _ => unavailable(&e),
-            })?;
-        if ack.sequence != env.seq {
-            // Only a duplicate of an earlier publish of the same event id can land elsewhere.
-            return Err(PublishFailure::Unavailable(format!(
-                "stream stored event {} at seq {}, expected {}",
-                env.event_id, ack.sequence, env.seq
-            )));
+        let mut landed = 0;
+        let mut previous: Option<String> = None;
+        // Chunks keep the acknowledgements in flight well under the context's limit.
+        for chunk in envs.chunks(PIPELINE) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            let mut send_failed = None;
+            for env in chunk {
+                let mut publish = jetstream::message::PublishMessage::build()
+                    .payload(env.to_json().into())
+                    .message_id(env.event_id.to_string())
+                    .expected_last_sequence(env.seq - 1);
+                // The sequence alone is not enough once publishes are pipelined: if the
+                // previous one was refused and another node's event took its place, this one
+                // would find the sequence it expects. It must follow its predecessor itself.
+                if let Some(prev) = previous {
+                    publish = publish.expected_last_message_id(prev);
+                }
+                previous = Some(env.event_id.to_string());
+                match self
+                    .js
+                    .send_publish(subject(env.event.kind()), publish)
+                    .await
+                {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => {
+                        send_failed = Some(unavailable(&e));
+                        break;
+                    }
+                }
+            }
+            for (env, ack) in chunk.iter().zip(acks) {
+                match ack.await {
+                    Ok(ack) if ack.sequence == env.seq => landed += 1,
+                    Ok(ack) => {
+                        // Only a duplicate of an earlier publish of the same event id can
+                        // land elsewhere.
+                        return (
+                            landed,
+                            Some(PublishFailure::Unavailable(format!(
+                                "stream stored event {} at seq {}, expected {}",
+                                env.event_id, ack.sequence, env.seq
+                            ))),
+                        );
+                    }
+                    Err(e) => {
+                        let failure = match e.kind() {
+                            PublishErrorKind::WrongLastSequence => PublishFailure::Conflict {
+                                last: last_sequence_in(&e.to_string()),
+                            },
+                            PublishErrorKind::WrongLastMessageId => {
+                                PublishFailure::Conflict { last: None }
+                            }
+                            _ => unavailable(&e),
+                        };
+                        return (landed, Some(failure));
+                    }
+                }
+            }
+            if send_failed.is_some() {
+                return (landed, send_failed);
+            }
         }
-        Ok(())
+        (landed, None)
     }
 
     /// The stream's last sequence.

@@ -453,6 +453,65 @@ async fn a_single_node_cluster_serves_the_whole_api() {
 }
 
 #[tokio::test]
+async fn regenerate_and_multi_user_usage_flushes_land_whole_in_a_cluster() {
+    let c = spawn_cluster().await;
+    let [a, b, _] = &c.nodes[..] else {
+        unreachable!()
+    };
+    // Regenerate: two events (revoke, issue) published as one pipelined command.
+    let user = a.create_user("ann@example.com", "pro").await;
+    let cookie = a.session("ann@example.com").await;
+    let r = a.generate(&cookie, &json!({"name": "laptop"})).await;
+    let old = body(r).await;
+    let r = a
+        .regenerate(&cookie, old["token_id"].as_str().unwrap())
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let new = body(r).await;
+    let (old, new) = (
+        old["token"].as_str().unwrap(),
+        new["token"].as_str().unwrap(),
+    );
+    for node in &c.nodes {
+        assert_eq!(node.get_test(old).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(node.get_test(new).await.status(), StatusCode::OK);
+    }
+    // Usage of several users: one flush, one event per user, pipelined.
+    let mut tokens = vec![new.to_owned()];
+    for i in 0..4 {
+        tokens.push(
+            b.user_with_token(&format!("u{i}@example.com"), "pro")
+                .await
+                .1,
+        );
+    }
+    for t in &tokens {
+        assert_eq!(b.get_test(t).await.status(), StatusCode::OK);
+    }
+    // Every user's token list on node a shows the request made on node b once flushed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in user..user + 5 {
+        loop {
+            let v = body(a.get_user(id).await).await;
+            let used: u64 = v["tokens"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["requests"].as_u64().unwrap_or(0))
+                .sum();
+            if used >= 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "usage of user {id} never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn no_request_that_starts_after_a_revoke_returned_is_accepted() {
     // Hundreds of 401s from one address: lift the throttle.
     let config = format!(
