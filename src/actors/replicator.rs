@@ -44,16 +44,13 @@ async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) 
         // Create the stream only on a node that has applied nothing: one that has must find
         // the stream it came from, not a new empty one (which the staleness probe would then
         // report as diverged).
-        let ready = if state.applied_seq() == 0 {
-            cluster.bus.ensure_stream().await
-        } else {
-            Ok(())
+        let identity = async {
+            if state.applied_seq() == 0 {
+                cluster.bus.ensure_stream().await?;
+            }
+            cluster.bus.identity().await
         };
-        let identity = match ready {
-            Ok(()) => cluster.bus.identity().await,
-            Err(e) => Err(e),
-        };
-        let created = match identity {
+        let created = match identity.await {
             Ok((_, created)) => created,
             Err(e) => {
                 tracing::warn!(error = %e, "stream not available; retrying");
@@ -61,31 +58,10 @@ async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) 
                 continue;
             }
         };
-        // The local log mirrors one stream: a stream deleted and created again holds other
-        // events under the same numbers.
-        match log.meta("stream_created") {
-            Ok(Some(known)) if known != created => {
-                tracing::error!(
-                    known = %known,
-                    found = %created,
-                    "the stream was recreated since this node mirrored it; the node fails closed (start it with an empty data directory)"
-                );
-                cluster.halt();
-                return;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                if let Err(e) = log.set_meta("stream_created", &created) {
-                    tracing::error!(error = %e, "cannot record the stream's identity");
-                    cluster.halt();
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the stream's identity");
-                cluster.halt();
-                return;
-            }
+        if let Err(reason) = same_stream(&log, &created) {
+            tracing::error!(reason, "the node fails closed");
+            cluster.halt();
+            return;
         }
         let start = state.applied_seq() + 1;
         let mut messages = match cluster.bus.consume_from(start).await {
@@ -137,6 +113,22 @@ async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) 
             }
         }
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Whether the stream created at `created` is the one the local log mirrors (recording it
+/// the first time). A stream deleted and created again holds other events under the same
+/// numbers.
+fn same_stream(log: &SledLog, created: &str) -> Result<(), String> {
+    match log.meta("stream_created") {
+        Ok(Some(known)) if known != created => Err(format!(
+            "the stream was recreated since this node mirrored it (created {known}, now {created}); start the node with an empty data directory"
+        )),
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => log
+            .set_meta("stream_created", created)
+            .map_err(|e| format!("cannot record the stream's identity: {e}")),
+        Err(e) => Err(format!("cannot read the stream's identity: {e}")),
     }
 }
 

@@ -6,7 +6,6 @@ use crate::state::State;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use uuid::Uuid;
 
 /// Runs a command: validate, append, apply, wait until durable. Replies with the envelopes.
 #[derive(Message)]
@@ -158,20 +157,6 @@ impl Handler<FlushUsage> for Writer {
     }
 }
 
-fn envelopes(events: Vec<Event>, after: u64, node_id: &str, at: DateTime<Utc>) -> Vec<Envelope> {
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| Envelope {
-            event_id: Uuid::new_v4(),
-            seq: after + 1 + i as u64,
-            occurred_at: at,
-            node_id: node_id.to_owned(),
-            event,
-        })
-        .collect()
-}
-
 /// Cluster mode's command path (see [`Writer`]).
 ///
 /// A command of several events (regenerate; a usage flush) is validated once, against the
@@ -243,7 +228,7 @@ async fn publish_command(
         if events.is_empty() {
             return Ok(published);
         }
-        let envs = envelopes(events, base, &cluster.node_id, now);
+        let envs = Envelope::numbered(events, base, &cluster.node_id, now);
         let (landed, failure) = cluster.bus.publish(&envs).await;
         published.extend_from_slice(&envs[..landed]);
         let conflict = match failure {

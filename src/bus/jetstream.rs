@@ -167,6 +167,14 @@ impl JetStreamBus {
         (landed, None)
     }
 
+    /// The stream, with its info as of now.
+    async fn stream(&self) -> Result<stream::Stream, String> {
+        self.js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| format!("stream {STREAM} unavailable: {e}"))
+    }
+
     /// The stream's last sequence.
     pub async fn last_seq(&self) -> Result<u64, String> {
         Ok(self.identity().await?.0)
@@ -175,22 +183,14 @@ impl JetStreamBus {
     /// The stream's last sequence and its creation time: a stream deleted and created again
     /// has another.
     pub async fn identity(&self) -> Result<(u64, String), String> {
-        let stream = self
-            .js
-            .get_stream(STREAM)
-            .await
-            .map_err(|e| format!("stream {STREAM} unavailable: {e}"))?;
+        let stream = self.stream().await?;
         let info = stream.cached_info();
         Ok((info.state.last_sequence, info.created.to_string()))
     }
 
     /// An ordered consumer delivering every event from `start` (inclusive), in order.
     pub async fn consume_from(&self, start: u64) -> Result<consumer::pull::Ordered, String> {
-        let stream = self
-            .js
-            .get_stream(STREAM)
-            .await
-            .map_err(|e| format!("stream {STREAM} unavailable: {e}"))?;
+        let stream = self.stream().await?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {

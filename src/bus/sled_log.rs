@@ -2,7 +2,6 @@ use crate::event::{DecodeError, Envelope, Event};
 use chrono::{DateTime, Utc};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use uuid::Uuid;
 
 /// Failures of the log. Each names the sequence number it concerns, when there is one.
 #[derive(Debug, thiserror::Error)]
@@ -213,17 +212,7 @@ impl SledLog {
             return Err(LogError::Failed(reason.clone()));
         }
         let mut q = self.queue.lock();
-        let envs: Vec<Envelope> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, event)| Envelope {
-                event_id: Uuid::new_v4(),
-                seq: q.last_assigned + 1 + i as u64,
-                occurred_at: at,
-                node_id: node_id.to_owned(),
-                event,
-            })
-            .collect();
+        let envs = Envelope::numbered(events, q.last_assigned, node_id, at);
         for env in &envs {
             q.pending.push((env.seq, encode_record(env)));
         }

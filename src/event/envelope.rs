@@ -21,6 +21,29 @@ pub struct Envelope {
     pub event: Event,
 }
 
+impl Envelope {
+    /// Wraps `events` in envelopes numbered from `after + 1`, with fresh event ids: what the
+    /// embedded log appends and what a cluster node publishes.
+    pub fn numbered(
+        events: Vec<Event>,
+        after: u64,
+        node_id: &str,
+        at: DateTime<Utc>,
+    ) -> Vec<Envelope> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Envelope {
+                event_id: Uuid::new_v4(),
+                seq: after + 1 + i as u64,
+                occurred_at: at,
+                node_id: node_id.to_owned(),
+                event,
+            })
+            .collect()
+    }
+}
+
 /// Why bytes from the log or the bus are not an event. Always names the sequence number when
 /// it is known, so an operator can find the record.
 #[derive(Debug, thiserror::Error)]

@@ -128,6 +128,22 @@ impl BucketInner {
         self.last_claim = 0;
     }
 
+    /// Claiming: how many requests to claim now, 0 when none are waiting. The waiting
+    /// demand, or twice the previous claim up to a 1/K share of what is left (a ramp, as
+    /// TCP's slow start: a node that keeps needing requests claims ever more at a time, while
+    /// a claim lost with a restart, or made beside another node's from a stale view, is
+    /// small).
+    fn next_claim(&mut self, nodes: u32) -> u32 {
+        let wanted = std::mem::take(&mut self.wanted);
+        if wanted == 0 {
+            return 0;
+        }
+        let free = self.limit.saturating_sub(self.logged);
+        let ramp = self.last_claim.saturating_mul(2).min(free / nodes);
+        self.last_claim = wanted.max(ramp).clamp(1, free.max(1));
+        self.last_claim
+    }
+
     /// Adds `requests` of `token`, last at `at`, to the tallies of the next flush.
     fn tally(&mut self, token: TokenId, requests: u32, at: i64) {
         match self.tallies.iter_mut().find(|t| t.0 == token) {
@@ -271,46 +287,21 @@ impl RateLimits {
         let nodes = self.nodes().max(1);
         for (user, bucket) in map.iter() {
             let mut b = bucket.inner.lock();
-            if claiming {
-                let free = b.limit.saturating_sub(b.logged);
-                // The waiting demand, or twice the previous claim up to a 1/K share of what
-                // is left (a ramp, as TCP's slow start: a node that keeps needing requests
-                // claims ever more at a time, while a claim lost with a restart, or made
-                // beside another node's from a stale view, is small).
-                let claim = if b.wanted > 0 {
-                    let ramp = b.last_claim.saturating_mul(2).min(free / nodes);
-                    b.wanted.max(ramp).clamp(1, free.max(1))
-                } else {
-                    0
-                };
-                b.wanted = 0;
-                if claim > 0 {
-                    b.last_claim = claim;
+            let requests = if claiming {
+                b.next_claim(nodes)
+            } else {
+                for (start, secs, requests) in std::mem::take(&mut b.carried) {
+                    out.push(UsageRecorded {
+                        user_id: *user,
+                        window_start: start,
+                        window_secs: secs,
+                        requests,
+                        tokens: Vec::new(),
+                    });
                 }
-                if claim == 0 && b.tallies.is_empty() {
-                    continue;
-                }
-                let tokens = take_tallies(&mut b.tallies);
-                out.push(UsageRecorded {
-                    user_id: *user,
-                    window_start: b.window_start,
-                    window_secs: b.window_secs,
-                    requests: claim,
-                    tokens,
-                });
-                b.in_flight += claim;
-                continue;
-            }
-            for (start, secs, requests) in std::mem::take(&mut b.carried) {
-                out.push(UsageRecorded {
-                    user_id: *user,
-                    window_start: start,
-                    window_secs: secs,
-                    requests,
-                    tokens: Vec::new(),
-                });
-            }
-            if b.local == 0 && b.tallies.is_empty() {
+                std::mem::take(&mut b.local)
+            };
+            if requests == 0 && b.tallies.is_empty() {
                 continue;
             }
             let tokens = take_tallies(&mut b.tallies);
@@ -318,11 +309,10 @@ impl RateLimits {
                 user_id: *user,
                 window_start: b.window_start,
                 window_secs: b.window_secs,
-                requests: b.local,
+                requests,
                 tokens,
             });
-            b.in_flight += b.local;
-            b.local = 0;
+            b.in_flight += requests;
         }
         out
     }
