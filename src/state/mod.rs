@@ -9,9 +9,11 @@
 //!   held for map operations, never across an `.await`.
 
 mod ratelimit;
+mod records;
 mod verify;
 
 pub use ratelimit::{RateInfo, RateLimits};
+pub use records::TokenRecords;
 pub use verify::{Denied, TierTable, Verified};
 
 use crate::domain::{RandomKeys, Subscription, TokenHash, TokenId, UserId};
@@ -86,8 +88,7 @@ pub struct Session {
 pub struct Directory {
     pub emails: HashMap<String, UserId>,
     pub password_hashes: HashMap<UserId, String>,
-    pub tokens_by_user: HashMap<UserId, Vec<TokenId>>,
-    pub token_records: HashMap<TokenId, TokenRecord, RandomKeys>,
+    pub token_records: TokenRecords,
     pub last_user_id: u64,
 }
 
@@ -207,26 +208,18 @@ impl State {
                         expires_at: e.expires_at.map_or(i64::MAX, |t| t.timestamp()),
                     },
                 );
-                let mut d = self.directory.write();
-                d.tokens_by_user
-                    .entry(e.user_id)
-                    .or_default()
-                    .push(e.token_id);
-                d.token_records.insert(
-                    e.token_id,
-                    TokenRecord {
-                        id: e.token_id,
-                        user_id: e.user_id,
-                        name: e.name,
-                        hint: e.hint,
-                        hash: e.token_sha256,
-                        created_at: occurred_at,
-                        last_used_at: None,
-                        expires_at: e.expires_at,
-                        revoked_at: None,
-                        requests: 0,
-                    },
-                );
+                self.directory.write().token_records.insert(TokenRecord {
+                    id: e.token_id,
+                    user_id: e.user_id,
+                    name: e.name,
+                    hint: e.hint,
+                    hash: e.token_sha256,
+                    created_at: occurred_at,
+                    last_used_at: None,
+                    expires_at: e.expires_at,
+                    revoked_at: None,
+                    requests: 0,
+                });
             }
             Event::TokenRevoked(e) => {
                 let mut d = self.directory.write();
@@ -304,16 +297,7 @@ impl State {
     /// A user's tokens, newest first.
     pub fn tokens_of(&self, user: UserId) -> Vec<TokenRecord> {
         let d = self.directory.read();
-        let mut out: Vec<TokenRecord> = d
-            .tokens_by_user
-            .get(&user)
-            .map(|ids| {
-                ids.iter()
-                    .rev()
-                    .filter_map(|id| d.token_records.get(id).cloned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut out: Vec<TokenRecord> = d.token_records.of_user(user).rev().cloned().collect();
         out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         out
     }
@@ -321,12 +305,10 @@ impl State {
     /// How many of a user's tokens are neither revoked nor expired at `now`.
     pub fn active_token_count(&self, user: UserId, now: DateTime<Utc>) -> usize {
         let d = self.directory.read();
-        d.tokens_by_user.get(&user).map_or(0, |ids| {
-            ids.iter()
-                .filter_map(|id| d.token_records.get(id))
-                .filter(|r| r.is_active_at(now))
-                .count()
-        })
+        d.token_records
+            .of_user(user)
+            .filter(|r| r.is_active_at(now))
+            .count()
     }
 
     /// The live session with this hash at `now`.
@@ -343,7 +325,7 @@ impl State {
         let d = self.directory.read();
         let mut out: Vec<TokenRecord> = d
             .token_records
-            .values()
+            .iter()
             .filter(|r| r.is_active_at(at))
             .cloned()
             .collect();
@@ -365,7 +347,7 @@ impl State {
             .map(|(_, v)| UserView::clone(v))
             .collect();
         users.sort_by_key(|u| u.id);
-        let mut records: Vec<TokenRecord> = d.token_records.values().cloned().collect();
+        let mut records: Vec<TokenRecord> = d.token_records.iter().cloned().collect();
         records.sort_by_key(|r| r.id);
         let mut sessions: Vec<(TokenHash, Session)> =
             self.sessions.pin().iter().map(|(k, v)| (*k, *v)).collect();
