@@ -67,6 +67,10 @@ impl TokenRecords {
         self.chunks.iter().map(Vec::len).sum()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
     pub fn get(&self, id: &TokenId) -> Option<&TokenRecord> {
         self.by_id.get(id).map(|&pos| self.at(pos))
     }
@@ -115,6 +119,7 @@ mod tests {
     #[test]
     fn records_span_chunks_and_stay_addressable() {
         let mut recs = TokenRecords::default();
+        assert!(recs.is_empty());
         let all: Vec<TokenRecord> = (0..CHUNK * 2 + 3)
             .map(|i| record(i as u64 % 3, i))
             .collect();
@@ -130,7 +135,9 @@ mod tests {
         assert_eq!(recs.of_user(UserId(1)).collect::<Vec<_>>(), of_1);
         assert_eq!(recs.of_user(UserId(9)).count(), 0);
         let id = all[CHUNK + 1].id;
-        recs.get_mut(&id).map(|r| r.requests = 7);
+        if let Some(r) = recs.get_mut(&id) {
+            r.requests = 7;
+        }
         assert_eq!(recs.get(&id).map(|r| r.requests), Some(7));
     }
 
