@@ -9,6 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use snaptrack_auth::bus::SledLog;
 use snaptrack_auth::domain::token::hash_if_well_formed;
 use snaptrack_auth::domain::{ApiToken, Tier, TokenHash, TokenId, UserId};
+use snaptrack_auth::event::upcast::Upcasters;
 use snaptrack_auth::event::{
     Envelope, Event, RevokeReason, TokenIssued, TokenRevoked, UserRegistered,
 };
@@ -145,22 +146,32 @@ fn verify(c: &mut Criterion) {
 const REPLAY_EVENTS: u64 = 1_000_000;
 
 fn replay(c: &mut Criterion) {
-    // One log of 1M token_issued events (and the user), built once.
+    // One log of 1M events (a user and its tokens), built once, written as the service writes
+    // it: one event per append, a group commit every 100 (a busy node's rounds), and the
+    // log's own merging of small records.
     let dir = tempfile::tempdir().unwrap();
     let log = SledLog::open(dir.path()).unwrap();
     let now = Utc::now();
     log.append(vec![user_event()], "n1", now).unwrap();
-    let mut batch = Vec::with_capacity(10_000);
     for i in 0..REPLAY_EVENTS - 1 {
-        batch.push(issued(TokenHash::of(&format!("snpt_bench_{i}")), 1));
-        if batch.len() == 10_000 {
-            log.append(std::mem::take(&mut batch), "n1", now).unwrap();
+        let hash = TokenHash::of(&format!("snpt_bench_{i}"));
+        log.append(vec![issued(hash, 1)], "n1", now).unwrap();
+        if i % 100 == 99 {
             log.flush_blocking().unwrap();
         }
     }
-    log.append(batch, "n1", now).unwrap();
     log.flush_blocking().unwrap();
-    let encoded: Vec<Vec<u8>> = log.iter_from(1).map(|e| e.unwrap().to_json()).collect();
+    let envelopes: Vec<Envelope> = log.iter_from(1).map(|e| e.unwrap()).collect();
+    let json: Vec<Vec<u8>> = envelopes.iter().map(Envelope::to_json).collect();
+    let binary: Vec<Vec<u8>> = envelopes
+        .iter()
+        .map(|e| {
+            let mut out = Vec::new();
+            e.encode_binary(&mut out);
+            out
+        })
+        .collect();
+    drop(envelopes);
 
     let mut g = c.benchmark_group("replay");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
@@ -176,13 +187,29 @@ fn replay(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    g.bench_function("1M_events_decode_and_apply_from_memory", |b| {
+    // The same without sled: decoding the log's binary form, and applying.
+    let upcasters = Upcasters::builtin();
+    g.bench_function("1M_events_binary_decode_and_apply_from_memory", |b| {
         b.iter_batched(
             || State::new("n1"),
             |state| {
-                for (i, bytes) in encoded.iter().enumerate() {
+                for (i, bytes) in binary.iter().enumerate() {
+                    let env = Envelope::decode_binary(bytes, i as u64 + 1, &upcasters).unwrap();
+                    state.apply_owned(env).unwrap();
+                }
+                state
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // What a cluster node pays per event of the stream (JSON on NATS).
+    g.bench_function("1M_events_json_decode_and_apply_from_memory", |b| {
+        b.iter_batched(
+            || State::new("n1"),
+            |state| {
+                for (i, bytes) in json.iter().enumerate() {
                     let env = Envelope::decode(bytes, i as u64 + 1).unwrap();
-                    state.apply(&env).unwrap();
+                    state.apply_owned(env).unwrap();
                 }
                 state
             },

@@ -10,6 +10,7 @@
 //! the replicator applies; replay reads what is here).
 
 mod jetstream;
+mod record;
 mod sled_log;
 
 pub use jetstream::{subject, JetStreamBus, PublishFailure, PRESENCE_SUBJECT, STREAM, SUBJECTS};

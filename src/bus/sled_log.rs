@@ -1,4 +1,5 @@
-use crate::event::{DecodeError, Envelope, Event};
+use super::record::{self, Events, Reader};
+use crate::event::{upcast::Upcasters, DecodeError, Envelope, Event};
 use chrono::{DateTime, Utc};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,29 +32,78 @@ impl From<crate::state::ApplyError> for LogError {
 
 /// The embedded event log.
 ///
-/// Records are keyed by sequence number (8 bytes, big-endian, so sled's order is log order);
-/// each value is a CRC32 of the JSON envelope (4 bytes, little-endian) followed by the JSON.
-/// sled recovers a torn tail of its own files to a consistent prefix; the CRC and the
-/// contiguity check at replay catch anything else, and name the record.
+/// Each sled value is a record of consecutive events, keyed by the first one's sequence
+/// number; [`super::record`] has the format (a checksum, then the events in a compact
+/// binary form). sled recovers a torn tail of its own files to a consistent prefix; the
+/// checksum and the contiguity check at replay catch anything else, and name the record.
 ///
 /// Writing is a group commit: [`SledLog::append`] numbers and encodes events and queues them
 /// in memory; [`SledLog::wait_durable`] elects one leader at a time that writes everything
-/// queued to sled in one batch and flushes it, while later appends queue up for the next
+/// queued to sled as one record and flushes it, while later appends queue up for the next
 /// round. sled never sees an insert while it flushes, and N concurrent appends cost one
-/// batch and one flush.
+/// record and one flush.
+///
+/// Replay pays per sled value (about a microsecond) far more than per event, so small
+/// records do not stay small: once the records written since the last large one hold
+/// [`CHUNK_EVENTS`] events or [`CHUNK_BYTES`] bytes, the leader rewrites them as one record,
+/// in the same sled batch as the round's new events (sled applies a batch atomically, so a
+/// crash leaves either form, never a mix).
 pub struct SledLog {
     db: sled::Db,
-    /// Sequence numbering and the queue of unwritten records. A std (parking_lot) mutex, not
+    /// Sequence numbering and the events not yet written. A std (parking_lot) mutex, not
     /// tokio's: it is held to push or take a vector, never across an `.await` or any I/O.
     queue: parking_lot::Mutex<Queue>,
+    /// The small records written since the last large one, to merge. Only the flushing
+    /// leader takes it (a std mutex for the same reason as `queue`).
+    tail: parking_lot::Mutex<Tail>,
     commit: GroupCommit,
 }
+
+/// Small records are merged once together they hold this many events...
+pub const CHUNK_EVENTS: u32 = 1024;
+/// ...or this many bytes (well under the size where sled stores a value as a separate file).
+pub const CHUNK_BYTES: usize = 64 * 1024;
 
 struct Queue {
     /// Last assigned sequence number.
     last_assigned: u64,
-    /// Encoded records not yet handed to sled, in sequence order.
-    pending: Vec<(u64, Vec<u8>)>,
+    /// Encoded events not yet handed to sled, in sequence order.
+    pending: Events,
+}
+
+/// See [`SledLog::tail`].
+#[derive(Default)]
+struct Tail {
+    /// Their events, in order, as the merged record will hold them.
+    events: Events,
+    /// Their keys (first sequence numbers).
+    keys: Vec<u64>,
+}
+
+impl Tail {
+    /// The sled batch that writes `new` as one record, or, when the run of small records is
+    /// due for merging, rewrites the run and `new` as one record at the run's first key.
+    fn write(&mut self, new: Events) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        if new.is_empty() {
+            return batch;
+        }
+        let due = self.events.count + new.count >= CHUNK_EVENTS
+            || self.events.bytes.len() + new.bytes.len() >= CHUNK_BYTES;
+        if !due {
+            batch.insert(&key(new.first), new.record());
+            self.keys.push(new.first);
+            self.events.extend(new);
+            return batch;
+        }
+        self.events.extend(new);
+        for k in self.keys.iter().skip(1) {
+            batch.remove(&key(*k));
+        }
+        batch.insert(&key(self.events.first), self.events.record());
+        *self = Tail::default();
+        batch
+    }
 }
 
 /// Who is flushing, and how far the log is durable.
@@ -77,48 +127,17 @@ fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
-fn encode_record(env: &Envelope) -> Vec<u8> {
-    let json = env.to_json();
-    let mut out = Vec::with_capacity(json.len() + 4);
-    out.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
-    out.extend_from_slice(&json);
-    out
+fn seq_of(k: &[u8], near: u64) -> Result<u64, LogError> {
+    let bytes: [u8; 8] = k.try_into().map_err(|_| LogError::Corrupt {
+        seq: near,
+        reason: format!("key of {} bytes", k.len()),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
-fn decode_record(seq: u64, value: &[u8]) -> Result<Envelope, LogError> {
-    if value.len() < 4 {
-        return Err(LogError::Corrupt {
-            seq,
-            reason: "record shorter than its checksum".into(),
-        });
-    }
-    let (crc, json) = value.split_at(4);
-    let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32fast::hash(json) != crc {
-        return Err(LogError::Corrupt {
-            seq,
-            reason: "checksum mismatch".into(),
-        });
-    }
-    let env = Envelope::decode(json, seq)?;
-    if env.seq != seq {
-        return Err(LogError::Corrupt {
-            seq,
-            reason: format!("record says seq {}", env.seq),
-        });
-    }
-    Ok(env)
-}
-
-/// Writes `records` in one sled batch and flushes. Blocking.
-fn write_and_flush(db: &sled::Db, records: Vec<(u64, Vec<u8>)>) -> Result<(), sled::Error> {
-    if !records.is_empty() {
-        let mut batch = sled::Batch::default();
-        for (seq, rec) in records {
-            batch.insert(&key(seq), rec);
-        }
-        db.apply_batch(batch)?;
-    }
+/// Applies `batch` and flushes. Blocking.
+fn write_and_flush(db: &sled::Db, batch: sled::Batch) -> Result<(), sled::Error> {
+    db.apply_batch(batch)?;
     db.flush()?;
     Ok(())
 }
@@ -159,20 +178,15 @@ impl SledLog {
         };
         let last = match db.last().map_err(|e| open_err(e.to_string()))? {
             None => 0,
-            Some((k, _)) => {
-                let bytes: [u8; 8] = k.as_ref().try_into().map_err(|_| LogError::Corrupt {
-                    seq: 0,
-                    reason: format!("key of {} bytes", k.len()),
-                })?;
-                u64::from_be_bytes(bytes)
-            }
+            Some((k, v)) => seq_of(&k, 0)? + u64::from(record::count_in(&v)) - 1,
         };
         Ok(SledLog {
             db,
             queue: parking_lot::Mutex::new(Queue {
                 last_assigned: last,
-                pending: Vec::new(),
+                pending: Events::default(),
             }),
+            tail: parking_lot::Mutex::new(Tail::default()),
             commit: GroupCommit {
                 state: parking_lot::Mutex::new(CommitState {
                     durable: last,
@@ -214,7 +228,7 @@ impl SledLog {
         let mut q = self.queue.lock();
         let envs = Envelope::numbered(events, q.last_assigned, node_id, at);
         for env in &envs {
-            q.pending.push((env.seq, encode_record(env)));
+            q.pending.push(env);
         }
         q.last_assigned += envs.len() as u64;
         Ok(envs)
@@ -233,7 +247,7 @@ impl SledLog {
                 found: env.seq,
             });
         }
-        q.pending.push((env.seq, encode_record(env)));
+        q.pending.push(env);
         q.last_assigned = env.seq;
         Ok(())
     }
@@ -263,10 +277,9 @@ impl SledLog {
             // Leader. Let appenders that are ready to run queue their events first, so this
             // round covers them too.
             tokio::task::yield_now().await;
-            let records = std::mem::take(&mut self.queue.lock().pending);
-            let target = records.last().map(|r| r.0);
+            let (batch, target) = self.take_pending();
             let db = self.db.clone();
-            let result = tokio::task::spawn_blocking(move || write_and_flush(&db, records))
+            let result = tokio::task::spawn_blocking(move || write_and_flush(&db, batch))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));
@@ -286,6 +299,14 @@ impl SledLog {
         }
     }
 
+    /// Takes what is queued: the sled batch that writes it (see [`Tail::write`]) and the last
+    /// sequence number it holds. Only the flushing leader calls this.
+    fn take_pending(&self) -> (sled::Batch, Option<u64>) {
+        let pending = std::mem::take(&mut self.queue.lock().pending);
+        let target = (!pending.is_empty()).then(|| pending.last());
+        (self.tail.lock().write(pending), target)
+    }
+
     /// Writes and flushes everything queued, synchronously (shutdown, tools). Must not run
     /// concurrently with `wait_durable`.
     pub fn flush_blocking(&self) -> Result<(), LogError> {
@@ -294,9 +315,8 @@ impl SledLog {
             // leave a gap, and the log could not be replayed.
             return Err(LogError::Failed(reason.clone()));
         }
-        let records = std::mem::take(&mut self.queue.lock().pending);
-        let target = records.last().map(|r| r.0);
-        write_and_flush(&self.db, records)?;
+        let (batch, target) = self.take_pending();
+        write_and_flush(&self.db, batch)?;
         let mut st = self.commit.state.lock();
         st.durable = st.durable.max(target.unwrap_or(0));
         Ok(())
@@ -305,32 +325,19 @@ impl SledLog {
     /// Every event from `from` (inclusive) in order, checked: checksums, decoding, and no
     /// gaps. The first problem ends the iteration with an error naming the sequence number.
     pub fn iter_from(&self, from: u64) -> impl Iterator<Item = Result<Envelope, LogError>> + '_ {
-        let mut expected = from.max(1);
-        let mut failed = false;
-        self.db.range(key(expected)..).map_while(move |item| {
-            if failed {
-                return None;
-            }
-            let result = (|| {
-                let (k, v) = item?;
-                let seq =
-                    u64::from_be_bytes(k.as_ref().try_into().map_err(|_| LogError::Corrupt {
-                        seq: expected,
-                        reason: format!("key of {} bytes", k.len()),
-                    })?);
-                if seq != expected {
-                    return Err(LogError::Gap {
-                        expected,
-                        found: seq,
-                    });
-                }
-                let env = decode_record(seq, &v)?;
-                expected += 1;
-                Ok(env)
-            })();
-            failed = result.is_err();
-            Some(result)
-        })
+        let expected = from.max(1);
+        let mut scan = Scan {
+            db: &self.db,
+            iter: self.db.range(key(expected)..),
+            record: None,
+            expected,
+            failed: None,
+            upcasters: Upcasters::builtin(),
+        };
+        if let Err(e) = scan.reseek() {
+            scan.failed = Some(Some(e));
+        }
+        scan
     }
 
     /// A value of the log's metadata (beside the events: which mode wrote them, which
@@ -358,6 +365,18 @@ impl SledLog {
         Ok(())
     }
 
+    /// The raw record at `seq`, if one starts there. For tests.
+    #[doc(hidden)]
+    pub fn raw_for_tests(&self, seq: u64) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(self.db.get(key(seq))?.map(|v| v.to_vec()))
+    }
+
+    /// How many records (sled values) hold the log. For tests of merging.
+    #[doc(hidden)]
+    pub fn record_count_for_tests(&self) -> usize {
+        self.db.len()
+    }
+
     /// Removes a record, bypassing every check. For tests that need a gap.
     #[doc(hidden)]
     pub fn remove_for_tests(&self, seq: u64) -> Result<(), LogError> {
@@ -378,5 +397,107 @@ impl SledLog {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// A checked scan of the log from `expected` on.
+struct Scan<'a> {
+    db: &'a sled::Db,
+    /// Records after `record`.
+    iter: sled::Iter,
+    /// The record being read.
+    record: Option<Reader>,
+    /// Sequence number of the next event to yield.
+    expected: u64,
+    /// Set once the scan has failed: the error, until it is yielded.
+    failed: Option<Option<LogError>>,
+    upcasters: Upcasters,
+}
+
+impl Scan<'_> {
+    /// Positions the scan at the record holding `expected`, if one does: at the start, and
+    /// when the next record is not where the last one ended (a run of small records may have
+    /// been merged under a scan of the live log). Returns whether it found one.
+    fn reseek(&mut self) -> Result<bool, LogError> {
+        let Some(item) = self.db.range(..=key(self.expected)).next_back() else {
+            return Ok(false);
+        };
+        let (k, v) = item?;
+        let first = seq_of(&k, self.expected)?;
+        if first + u64::from(record::count_in(&v)) <= self.expected {
+            return Ok(false);
+        }
+        let mut reader = Reader::open(first, v)?;
+        reader.skip_to(self.expected)?;
+        self.record = Some(reader);
+        self.iter = self.db.range(key(first + 1)..);
+        Ok(true)
+    }
+
+    fn step(&mut self) -> Option<Result<Envelope, LogError>> {
+        loop {
+            if let Some(reader) = &mut self.record {
+                if let Some(next) = reader.next_event(&self.upcasters) {
+                    self.expected += 1;
+                    return Some(next);
+                }
+                self.record = None;
+            }
+            let (k, v) = match self.iter.next() {
+                None => {
+                    return match self.reseek() {
+                        Ok(true) => continue,
+                        Ok(false) => None,
+                        Err(e) => Some(Err(e)),
+                    }
+                }
+                Some(Err(e)) => return Some(Err(e.into())),
+                Some(Ok(kv)) => kv,
+            };
+            let first = match seq_of(&k, self.expected) {
+                Ok(first) => first,
+                Err(e) => return Some(Err(e)),
+            };
+            if first < self.expected {
+                return Some(Err(LogError::Corrupt {
+                    seq: first,
+                    reason: format!(
+                        "record overlaps the one before it, which ends at seq {}",
+                        self.expected - 1
+                    ),
+                }));
+            }
+            if first > self.expected {
+                match self.reseek() {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        return Some(Err(LogError::Gap {
+                            expected: self.expected,
+                            found: first,
+                        }))
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            match Reader::open(first, v) {
+                Ok(reader) => self.record = Some(reader),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<Envelope, LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(failed) = &mut self.failed {
+            return failed.take().map(Err);
+        }
+        let item = self.step();
+        if matches!(item, Some(Err(_))) {
+            self.failed = Some(None);
+        }
+        item
     }
 }

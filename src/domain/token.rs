@@ -200,8 +200,12 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// 64 hex digits in JSON; the 32 bytes themselves in the local log's binary form.
 impl serde::Serialize for TokenHash {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return s.serialize_bytes(&self.0);
+        }
         let mut buf = [0u8; 64];
         // Infallible: the buffer is exactly twice the input's length.
         hex::encode_to_slice(self.0, &mut buf).map_err(serde::ser::Error::custom)?;
@@ -226,8 +230,17 @@ impl<'de> serde::Deserialize<'de> for TokenHash {
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TokenHash, E> {
                 TokenHash::parse(s).map_err(E::custom)
             }
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<TokenHash, E> {
+                b.try_into()
+                    .map(TokenHash)
+                    .map_err(|_| E::invalid_length(b.len(), &"32 bytes"))
+            }
         }
-        d.deserialize_str(V)
+        if d.is_human_readable() {
+            d.deserialize_str(V)
+        } else {
+            d.deserialize_bytes(V)
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! The JSON Schemas and golden fixtures in the project's `events/` directory are the contract
 //! for other programs; a test decodes every fixture.
 
+mod binary;
 mod envelope;
 pub mod upcast;
 

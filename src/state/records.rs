@@ -51,7 +51,7 @@ impl TokenRecords {
             }
             return;
         }
-        let pos = self.len();
+        let pos = self.by_id.len();
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }

@@ -3,7 +3,7 @@
 use super::Core;
 use snaptrack_auth::bus::{LogError, SledLog};
 use snaptrack_auth::domain::{TokenId, UserId};
-use snaptrack_auth::event::{Event, RevokeReason, TokenRevoked};
+use snaptrack_auth::event::{Envelope, Event, RevokeReason, TokenRevoked};
 use std::sync::Arc;
 
 fn event(i: u64) -> Event {
@@ -65,13 +65,16 @@ async fn concurrent_appends_share_flushes() {
     assert_eq!(log.iter_from(1).filter(|e| e.is_ok()).count(), 1280);
 }
 
+/// A log of five events, each in a record of its own (as a quiet node writes them), damaged
+/// by `f`, reopened and replayed: the error replay stops with.
 fn damaged(f: impl FnOnce(&SledLog)) -> LogError {
     let core = Core::new();
     let now = chrono::Utc::now();
     for i in 0..5 {
         core.log.append(vec![event(i)], "n1", now).unwrap();
+        core.log.flush_blocking().unwrap();
     }
-    core.log.flush_blocking().unwrap();
+    assert_eq!(core.log.record_count_for_tests(), 5);
     f(&core.log);
     core.log.flush_blocking().unwrap();
     let dir = core.dir;
@@ -82,13 +85,34 @@ fn damaged(f: impl FnOnce(&SledLog)) -> LogError {
     log.replay_into(&state).unwrap_err()
 }
 
+/// A batch record as `bus::record` defines it: checksum, tag 0xB1, count, then each event's
+/// length and bytes.
+fn batch_record(events: &[&[u8]]) -> Vec<u8> {
+    let mut rest = vec![0xB1];
+    rest.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    for e in events {
+        rest.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        rest.extend_from_slice(e);
+    }
+    let mut rec = crc32fast::hash(&rest).to_le_bytes().to_vec();
+    rec.extend_from_slice(&rest);
+    rec
+}
+
+/// A legacy record: checksum, then one JSON envelope.
+fn json_record(env: &Envelope) -> Vec<u8> {
+    let json = env.to_json();
+    let mut rec = crc32fast::hash(&json).to_le_bytes().to_vec();
+    rec.extend_from_slice(&json);
+    rec
+}
+
 #[test]
 fn a_corrupt_record_stops_replay_naming_its_seq() {
     let err = damaged(|log| {
-        let mut bytes = log.iter_from(3).next().unwrap().unwrap().to_json();
-        bytes[20] ^= 1;
-        let mut rec = crc32fast::hash(b"something else").to_le_bytes().to_vec();
-        rec.extend_from_slice(&bytes);
+        let mut rec = log.raw_for_tests(3).unwrap().unwrap();
+        let mid = rec.len() / 2;
+        rec[mid] ^= 1;
         log.insert_raw_for_tests(3, &rec).unwrap();
     });
     assert!(matches!(err, LogError::Corrupt { seq: 3, .. }), "{err}");
@@ -117,7 +141,29 @@ fn a_gap_stops_replay_naming_the_missing_seq() {
 }
 
 #[test]
+fn overlapping_records_stop_replay() {
+    // Record 2 claims to hold two events, so the record at 3 overlaps it.
+    let err = damaged(|log| {
+        let one = log.iter_from(2).next().unwrap().unwrap();
+        let mut a = Vec::new();
+        one.encode_binary(&mut a);
+        log.insert_raw_for_tests(2, &batch_record(&[&a, &a]))
+            .unwrap();
+    });
+    assert!(matches!(err, LogError::Corrupt { seq: 3, .. }), "{err}");
+    assert!(err.to_string().contains("overlaps"), "{err}");
+}
+
+#[test]
 fn an_undecodable_event_with_a_good_checksum_stops_replay() {
+    // In a binary record...
+    let err = damaged(|log| {
+        log.insert_raw_for_tests(4, &batch_record(&[b"\x07garbage"]))
+            .unwrap()
+    });
+    assert!(matches!(err, LogError::Decode(_)), "{err}");
+    assert!(err.to_string().contains("seq 4"), "{err}");
+    // ...and in a legacy JSON one.
     let err = damaged(|log| {
         let json = br#"{"event_id":"00000000-0000-4000-8000-000000000001","seq":4,"occurred_at":"2024-01-01T00:00:00Z","node_id":"n1","type":"token_revoked","version":2,"data":{}}"#;
         let mut rec = crc32fast::hash(json).to_le_bytes().to_vec();
@@ -126,6 +172,75 @@ fn an_undecodable_event_with_a_good_checksum_stops_replay() {
     });
     assert!(err.to_string().contains("seq 4"), "{err}");
     assert!(err.to_string().contains("version 2"), "{err}");
+    // A record that says it holds more events than it does.
+    let err = damaged(|log| {
+        let mut rec = batch_record(&[]);
+        rec[5] = 1;
+        let crc = crc32fast::hash(&rec[4..]).to_le_bytes();
+        rec[..4].copy_from_slice(&crc);
+        log.insert_raw_for_tests(4, &rec).unwrap();
+    });
+    assert!(matches!(err, LogError::Corrupt { seq: 4, .. }), "{err}");
+}
+
+#[test]
+fn small_records_are_merged_and_every_event_stays_in_place() {
+    let core = Core::new();
+    let now = chrono::Utc::now();
+    let mut appended = Vec::new();
+    // 300 group commits of 10 events: 3,000 events, about three merges' worth.
+    for round in 0..300 {
+        let events = (0..10).map(|i| event(round * 10 + i)).collect();
+        appended.extend(core.log.append(events, "n1", now).unwrap());
+        core.log.flush_blocking().unwrap();
+    }
+    // Merged: a few large records, then the rounds since the last merge (fewer than 1,024
+    // events, so at most 102 records of 10).
+    let records = core.log.record_count_for_tests();
+    assert!(
+        records <= 105,
+        "{records} records for 300 rounds: nothing merged"
+    );
+    let all: Vec<Envelope> = core.log.iter_from(1).map(|e| e.unwrap()).collect();
+    assert_eq!(all, appended);
+    // A scan may start anywhere, inside a merged record or not.
+    for from in [1, 2, 1023, 1024, 1025, 2999, 3000] {
+        let seqs: Vec<u64> = core.log.iter_from(from).map(|e| e.unwrap().seq).collect();
+        assert_eq!(seqs, (from..=3000).collect::<Vec<_>>(), "from {from}");
+    }
+    assert_eq!(core.log.iter_from(3001).count(), 0);
+    // Reopened, the log knows where it ends and appends after it.
+    let dir = core.dir;
+    drop(core.writer);
+    drop(core.log);
+    let log = SledLog::open(dir.path()).unwrap();
+    assert_eq!(log.last_seq(), 3000);
+    let next = log.append(vec![event(0)], "n1", now).unwrap();
+    assert_eq!(next[0].seq, 3001);
+    log.flush_blocking().unwrap();
+    let state = snaptrack_auth::state::State::new("n1");
+    assert_eq!(log.replay_into(&state).unwrap(), 3001);
+}
+
+#[test]
+fn a_log_of_legacy_json_records_is_still_read_and_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now();
+    let old: Vec<Envelope> = Envelope::numbered(vec![event(0), event(1)], 0, "n1", now);
+    {
+        let log = SledLog::open(dir.path()).unwrap();
+        for env in &old {
+            log.insert_raw_for_tests(env.seq, &json_record(env))
+                .unwrap();
+        }
+        log.flush_blocking().unwrap();
+    }
+    let log = SledLog::open(dir.path()).unwrap();
+    assert_eq!(log.last_seq(), 2);
+    let new = log.append(vec![event(2)], "n1", now).unwrap();
+    log.flush_blocking().unwrap();
+    let all: Vec<Envelope> = log.iter_from(1).map(|e| e.unwrap()).collect();
+    assert_eq!(all, [old, new].concat());
 }
 
 #[test]

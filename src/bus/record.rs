@@ -1,0 +1,205 @@
+//! The records of the sled log: what one sled value holds.
+//!
+//! A record holds a run of consecutive events; its key is the first one's sequence number
+//! (8 bytes, big-endian, so sled's order is log order). Two forms:
+//!
+//! ```text
+//! batch:  crc32(rest) u32 LE | 0xB1 | count u32 LE | count × (len u32 LE | binary envelope)
+//! legacy: crc32(json) u32 LE | one JSON envelope (first byte `{`), as logs before the binary
+//!         form were written; still read, never written
+//! ```
+//!
+//! The binary envelope is [`Envelope::encode_binary`]: the sequence number is the record's
+//! key plus the event's place in it.
+
+use super::LogError;
+use crate::event::{upcast::Upcasters, Envelope};
+
+/// The tag of a batch record, after the checksum. A legacy record has `{` there.
+const BATCH: u8 = 0xB1;
+/// Bytes before the first event of a batch record: checksum, tag, count.
+const BATCH_HEADER: usize = 9;
+
+/// Consecutive events in their binary form, ready to become one record.
+#[derive(Default)]
+pub(super) struct Events {
+    /// Sequence number of the first event (meaningless while `count` is 0).
+    pub first: u64,
+    pub count: u32,
+    /// Each event as its length (u32 LE) and binary form.
+    pub bytes: Vec<u8>,
+}
+
+impl Events {
+    /// Adds `env`, which must follow the last event added.
+    pub fn push(&mut self, env: &Envelope) {
+        if self.count == 0 {
+            self.first = env.seq;
+        }
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
+        env.encode_binary(&mut self.bytes);
+        let len = (self.bytes.len() - at - 4) as u32;
+        self.bytes[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        self.count += 1;
+    }
+
+    /// Adds `later`, whose first event must follow the last event here.
+    pub fn extend(&mut self, later: Events) {
+        if later.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            self.first = later.first;
+        }
+        self.count += later.count;
+        self.bytes.extend_from_slice(&later.bytes);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Sequence number of the last event.
+    pub fn last(&self) -> u64 {
+        self.first + u64::from(self.count) - 1
+    }
+
+    /// The batch record of these events.
+    pub fn record(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BATCH_HEADER + self.bytes.len());
+        out.extend_from_slice(&[0; 4]);
+        out.push(BATCH);
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.bytes);
+        let crc = crc32fast::hash(&out[4..]);
+        out[..4].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+}
+
+/// How many events the record at `first` holds, from its header alone (no checksum): enough
+/// to know the log's last sequence number at open. A record too damaged to say counts as one;
+/// replay names it.
+pub(super) fn count_in(value: &[u8]) -> u32 {
+    match value.get(4) {
+        Some(&BATCH) if value.len() >= BATCH_HEADER => {
+            u32::from_le_bytes([value[5], value[6], value[7], value[8]]).max(1)
+        }
+        _ => 1,
+    }
+}
+
+/// One checked record, read event by event.
+pub(super) struct Reader {
+    value: sled::IVec,
+    /// Sequence number of the next event.
+    next_seq: u64,
+    /// Events not yet read.
+    left: u32,
+    /// Offset of the next event (batch records).
+    offset: usize,
+    legacy: bool,
+}
+
+impl Reader {
+    /// Checks the record at `first` (checksum and form) and positions it at its first event.
+    pub fn open(first: u64, value: sled::IVec) -> Result<Reader, LogError> {
+        let corrupt = |reason: &str| LogError::Corrupt {
+            seq: first,
+            reason: reason.into(),
+        };
+        if value.len() < 5 {
+            return Err(corrupt("record shorter than its header"));
+        }
+        let crc = u32::from_le_bytes([value[0], value[1], value[2], value[3]]);
+        if crc32fast::hash(&value[4..]) != crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        match value[4] {
+            b'{' => Ok(Reader {
+                value,
+                next_seq: first,
+                left: 1,
+                offset: 4,
+                legacy: true,
+            }),
+            BATCH if value.len() >= BATCH_HEADER => {
+                let count = u32::from_le_bytes([value[5], value[6], value[7], value[8]]);
+                if count == 0 {
+                    return Err(corrupt("record holds no events"));
+                }
+                Ok(Reader {
+                    value,
+                    next_seq: first,
+                    left: count,
+                    offset: BATCH_HEADER,
+                    legacy: false,
+                })
+            }
+            _ => Err(corrupt("unknown record form")),
+        }
+    }
+
+    /// The next event's bytes, advancing past it; `None` at the end of the record.
+    fn take(&mut self) -> Option<Result<(u64, &[u8]), LogError>> {
+        if self.left == 0 {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.left -= 1;
+        self.next_seq += 1;
+        if self.legacy {
+            self.offset = self.value.len();
+            return Some(Ok((seq, &self.value[4..])));
+        }
+        let corrupt = |reason: &str| LogError::Corrupt {
+            seq,
+            reason: reason.into(),
+        };
+        let at = self.offset;
+        let Some(len) = self.value.get(at..at + 4) else {
+            return Some(Err(corrupt("record ends inside an event's length")));
+        };
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some(body) = self.value.get(at + 4..at + 4 + len) else {
+            return Some(Err(corrupt("record ends inside an event")));
+        };
+        self.offset = at + 4 + len;
+        if self.left == 0 && self.offset != self.value.len() {
+            return Some(Err(corrupt("bytes after the record's last event")));
+        }
+        Some(Ok((seq, body)))
+    }
+
+    /// Skips events up to (not including) `seq`, without decoding them.
+    pub fn skip_to(&mut self, seq: u64) -> Result<(), LogError> {
+        while self.next_seq < seq {
+            match self.take() {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes the next event; `None` at the end of the record.
+    pub fn next_event(&mut self, upcasters: &Upcasters) -> Option<Result<Envelope, LogError>> {
+        let legacy = self.legacy;
+        Some(self.take()?.and_then(|(seq, bytes)| {
+            if legacy {
+                let env = Envelope::decode_with(bytes, seq, upcasters)?;
+                if env.seq != seq {
+                    return Err(LogError::Corrupt {
+                        seq,
+                        reason: format!("record says seq {}", env.seq),
+                    });
+                }
+                Ok(env)
+            } else {
+                Ok(Envelope::decode_binary(bytes, seq, upcasters)?)
+            }
+        }))
+    }
+}
