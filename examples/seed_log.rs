@@ -56,6 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     log.flush_blocking()?;
+    // As the service does when it stops cleanly.
+    log.save_token_count(state.tokens.len())?;
     println!("{} events in {dir}", log.last_seq());
     Ok(())
 }

@@ -64,6 +64,9 @@ pub const CHUNK_EVENTS: u32 = 1024;
 /// ...or this many bytes (well under the size where sled stores a value as a separate file).
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
+/// The meta key of [`SledLog::save_token_count`].
+const TOKEN_COUNT: &str = "token_count";
+
 struct Queue {
     /// Last assigned sequence number.
     last_assigned: u64,
@@ -357,6 +360,12 @@ impl SledLog {
         Ok(())
     }
 
+    /// Saves how many tokens the state holds, for the next start's replay to size its maps
+    /// (see [`SledLog::replay_into`]).
+    pub fn save_token_count(&self, tokens: usize) -> Result<(), LogError> {
+        self.set_meta(TOKEN_COUNT, &tokens.to_string())
+    }
+
     /// Writes raw bytes under a sequence number, bypassing every check. For tests that need a
     /// corrupt or out-of-order log.
     #[doc(hidden)]
@@ -389,7 +398,17 @@ impl SledLog {
     /// Applies every event of the log to `state`, in order. Returns how many were applied.
     /// Any problem (corruption, a gap, an undecodable event) stops it with an error naming
     /// the sequence number: a partial state is never served.
+    ///
+    /// When the log holds a token count saved by [`SledLog::save_token_count`] (at a clean
+    /// stop), the token maps are sized for it first. The count is only a hint: capped by the
+    /// number of events to replay, and a missing or stale one only costs time.
     pub fn replay_into(&self, state: &crate::state::State) -> Result<u64, LogError> {
+        let to_replay = self.last_seq().saturating_sub(state.applied_seq());
+        let hint = self
+            .meta(TOKEN_COUNT)?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        state.reserve_tokens(hint.min(to_replay) as usize);
         let mut n = 0;
         for env in self.iter_from(state.applied_seq() + 1) {
             let env = env?;

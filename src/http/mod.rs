@@ -82,6 +82,8 @@ pub struct Application {
     tls: bool,
     writer: Addr<Writer>,
     log: Arc<SledLog>,
+    /// Read at shutdown, for the token count the next start sizes its maps with.
+    state: Arc<State>,
     cluster: Option<Arc<Cluster>>,
     /// Cluster mode's replicator and announcer.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -392,6 +394,7 @@ impl Application {
             tls: is_tls,
             writer,
             log,
+            state,
             cluster,
             tasks,
             demo,
@@ -453,6 +456,9 @@ impl Application {
         }
         if let Err(e) = self.log.wait_durable(self.log.last_seq()).await {
             tracing::error!(error = %e, "final log flush failed");
+        }
+        if let Err(e) = self.log.save_token_count(self.state.tokens.len()) {
+            tracing::warn!(error = %e, "could not save the token count for the next start");
         }
         Ok(())
     }

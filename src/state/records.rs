@@ -63,6 +63,11 @@ impl TokenRecords {
         }
     }
 
+    /// Makes room for `n` more records in the indexes (the chunks are allocated as needed).
+    pub fn reserve(&mut self, n: usize) {
+        self.by_id.reserve(n);
+    }
+
     pub fn len(&self) -> usize {
         self.chunks.iter().map(Vec::len).sum()
     }

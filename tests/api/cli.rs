@@ -29,6 +29,11 @@ async fn a_restart_keeps_users_tokens_revocations_and_the_rate_count() {
     );
     assert_eq!(app.get_test(&dead).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.create_user("c@example.com", "pro").await, 3);
+    // A clean stop saves the size of the token index (the live and the revoked token), for the
+    // next start to size its maps before replay.
+    assert!(app.stop().await.success());
+    let log = snaptrack_auth::bus::SledLog::open(&app.data_dir()).unwrap();
+    assert_eq!(log.meta("token_count").unwrap().as_deref(), Some("2"));
 }
 
 #[tokio::test]

@@ -257,3 +257,21 @@ fn a_log_held_by_another_owner_is_a_clear_error_after_a_short_wait() {
     assert!(matches!(err, LogError::Open { .. }), "{err}");
     assert!(err.to_string().contains("could not acquire lock"), "{err}");
 }
+
+#[test]
+fn a_saved_token_count_is_only_a_hint() {
+    let core = Core::new();
+    let now = chrono::Utc::now();
+    core.log
+        .append((0..10).map(event).collect(), "n1", now)
+        .unwrap();
+    core.log.flush_blocking().unwrap();
+    let reference = core.replayed().snapshot();
+    // Wildly wrong counts change nothing: the reservation is capped by the events to replay.
+    for count in [0, 3, usize::MAX] {
+        core.log.save_token_count(count).unwrap();
+        let state = snaptrack_auth::state::State::new("n1");
+        assert_eq!(core.log.replay_into(&state).unwrap(), 10);
+        assert_eq!(state.snapshot(), reference);
+    }
+}
