@@ -104,9 +104,9 @@ pub struct ApplyError {
 pub struct State {
     /// Token hash → token. Revoked and expired tokens stay and fail the expiry check.
     ///
-    /// Blocking resizes: only the applier writes, and it grows the table fastest by copying
-    /// it whole (replay of 1M tokens spent an eighth of its time in incremental copying).
-    /// Checks never wait either way: readers see the old table until the new one is in place.
+    /// Incremental resizes (papaya's default): a blocking resize replayed no faster, and live
+    /// it would stall the applier for the whole copy of a large table. Replay avoids growing
+    /// it at all when it knows the count ([`State::reserve_tokens`]).
     pub tokens: papaya::HashMap<TokenHash, LiveToken, RandomKeys>,
     /// User id → profile and plan. Replaced whole (an `Arc`) when the plan changes.
     pub users: papaya::HashMap<UserId, Arc<UserView>>,
@@ -126,10 +126,7 @@ pub struct State {
 impl State {
     pub fn new(local_node: &str) -> Self {
         State {
-            tokens: papaya::HashMap::builder()
-                .hasher(RandomKeys)
-                .resize_mode(papaya::ResizeMode::Blocking)
-                .build(),
+            tokens: papaya::HashMap::builder().hasher(RandomKeys).build(),
             users: papaya::HashMap::new(),
             rate_limits: RateLimits::default(),
             sessions: papaya::HashMap::builder().hasher(RandomKeys).build(),
