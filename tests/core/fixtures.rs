@@ -127,3 +127,34 @@ fn upcasters_run_in_order_on_raw_json_and_a_missing_step_is_an_error() {
     assert_eq!(v3, serde_json::json!({"name": "ci", "expires_at": null}));
     assert!(ups.upcast("token_revoked", 1, 2, v1).is_err());
 }
+
+#[test]
+fn old_versions_in_the_binary_log_are_read_into_json_for_the_same_upcasters() {
+    // A hypothetical token_issued v1 with `label`, stored in the local log's binary form:
+    // its reader (the kept v1 struct) turns it into JSON, and the JSON upcaster renames.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct V1 {
+        label: String,
+    }
+    let ups = Upcasters::default()
+        .with_reader("token_issued", 1, |b| {
+            let v1: V1 = postcard::from_bytes(b).map_err(|e| e.to_string())?;
+            serde_json::to_value(v1).map_err(|e| e.to_string())
+        })
+        .with("token_issued", 1, |mut v| {
+            let label = v["label"].take();
+            let obj = v.as_object_mut().ok_or("not an object")?;
+            obj.remove("label");
+            obj.insert("name".into(), label);
+            Ok(v)
+        });
+    let bytes = postcard::to_allocvec(&V1 { label: "ci".into() }).unwrap();
+    let json = ups.read_binary("token_issued", 1, &bytes).unwrap();
+    assert_eq!(
+        ups.upcast("token_issued", 1, 2, json).unwrap(),
+        serde_json::json!({"name": "ci"})
+    );
+    let err = ups.read_binary("token_issued", 2, &bytes).unwrap_err();
+    assert!(err.contains("no binary reader for token_issued v2"), "{err}");
+    assert!(ups.read_binary("token_issued", 1, &[0xff]).is_err());
+}
