@@ -6,7 +6,8 @@
 //! ## The module map
 //!
 //! - [`domain`]: plain types that parse, not validate: the token format, hashes, ids, plans.
-//! - [`event`]: the versioned event envelope, (de)serialisation and upcasters.
+//! - [`event`]: the versioned event envelope, its JSON (the contract: NATS, `replay`) and
+//!   binary (the local log) forms, and upcasters.
 //! - [`state`]: the projections and the one pure `apply`; the verify path reads them.
 //! - [`command`]: every rule, as `handle(state, command) -> events`.
 //! - [`bus`]: the durable, ordered log: sled (embedded; group commit) and the JetStream
@@ -31,8 +32,8 @@
 //!    Cluster mode: events → [`bus::JetStreamBus::publish`] (expected last sequence) → wait
 //!    until the replicator applied them → respond; a revoke also waits for the other nodes
 //!    ([`cluster::Cluster::barrier`]).
-//! 3. **Apply**: events in sequence order → [`state::State::apply`]; replay at start-up runs
-//!    the same function over the whole log. Cluster mode: the replicator
+//! 3. **Apply**: events in sequence order → [`state::State::apply`]; replay at start-up
+//!    ([`bus::SledLog::replay_into`]) runs the same function over the whole log. Cluster mode: the replicator
 //!    ([`actors::replicator`]) mirrors the stream into the local log and applies each event.
 
 pub mod actors;

@@ -155,6 +155,9 @@ fn old_versions_in_the_binary_log_are_read_into_json_for_the_same_upcasters() {
         serde_json::json!({"name": "ci"})
     );
     let err = ups.read_binary("token_issued", 2, &bytes).unwrap_err();
-    assert!(err.contains("no binary reader for token_issued v2"), "{err}");
+    assert!(
+        err.contains("no binary reader for token_issued v2"),
+        "{err}"
+    );
     assert!(ups.read_binary("token_issued", 1, &[0xff]).is_err());
 }
