@@ -17,7 +17,9 @@
 //! to v2 exactly as they do for a JSON log. A version with no reader is a clear error naming
 //! the record, never a skipped event.
 
-use super::{upcast::Upcasters, DataSeed, DecodeError, Envelope, Event, TYPES};
+use super::{
+    envelope::decode_version, upcast::Upcasters, DataSeed, DecodeError, Envelope, Event, TYPES,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -75,43 +77,24 @@ impl Envelope {
                 })?;
         let occurred_at = DateTime::<Utc>::from_timestamp(header.secs, header.nanos)
             .ok_or_else(|| envelope_err("occurred_at out of range".into()))?;
-        let current = Event::current_version(kind).unwrap_or(1);
-        let data_err = |reason: String| DecodeError::Data {
+        let event = decode_version(
             seq,
-            kind: kind.to_owned(),
-            version: header.version,
-            reason,
-        };
-        let event = if header.version == current {
-            use serde::de::DeserializeSeed;
-            let mut de = postcard::Deserializer::from_bytes(data);
-            let event = DataSeed(kind)
-                .deserialize(&mut de)
-                .map_err(|e| data_err(e.to_string()))?;
-            if !de
-                .finalize()
-                .map_err(|e| data_err(e.to_string()))?
-                .is_empty()
-            {
-                return Err(data_err("trailing bytes after the data".into()));
-            }
-            event
-        } else if header.version > current || header.version == 0 {
-            return Err(DecodeError::UnknownVersion {
-                seq,
-                kind: kind.to_owned(),
-                version: header.version,
-                max: current,
-            });
-        } else {
-            let value = upcasters
-                .read_binary(kind, header.version, data)
-                .map_err(data_err)?;
-            let value = upcasters
-                .upcast(kind, header.version, current, value)
-                .map_err(data_err)?;
-            Event::decode_data(kind, &value.to_string()).map_err(data_err)?
-        };
+            kind,
+            header.version,
+            upcasters,
+            || {
+                use serde::de::DeserializeSeed;
+                let mut de = postcard::Deserializer::from_bytes(data);
+                let event = DataSeed(kind)
+                    .deserialize(&mut de)
+                    .map_err(|e| e.to_string())?;
+                if !de.finalize().map_err(|e| e.to_string())?.is_empty() {
+                    return Err("trailing bytes after the data".into());
+                }
+                Ok(event)
+            },
+            || upcasters.read_binary(kind, header.version, data),
+        )?;
         Ok(Envelope {
             event_id: Uuid::from_bytes(header.event_id),
             seq,

@@ -147,36 +147,14 @@ impl Envelope {
             })?;
         let seq = raw.seq;
         let kind = raw.kind.as_ref();
-        let Some(current) = Event::current_version(kind) else {
-            return Err(DecodeError::UnknownType {
-                seq,
-                kind: kind.to_owned(),
-            });
-        };
-        let data_err = |reason: String| DecodeError::Data {
+        let event = decode_version(
             seq,
-            kind: kind.to_owned(),
-            version: raw.version,
-            reason,
-        };
-        let event = if raw.version == current {
-            Event::decode_data(kind, raw.data.get()).map_err(data_err)?
-        } else if raw.version > current || raw.version == 0 {
-            return Err(DecodeError::UnknownVersion {
-                seq,
-                kind: kind.to_owned(),
-                version: raw.version,
-                max: current,
-            });
-        } else {
-            let value: serde_json::Value =
-                serde_json::from_str(raw.data.get()).map_err(|e| data_err(e.to_string()))?;
-            let upcast = upcasters
-                .upcast(kind, raw.version, current, value)
-                .map_err(data_err)?;
-            let text = upcast.to_string();
-            Event::decode_data(kind, &text).map_err(data_err)?
-        };
+            kind,
+            raw.version,
+            upcasters,
+            || Event::decode_data(kind, raw.data.get()),
+            || serde_json::from_str(raw.data.get()).map_err(|e| e.to_string()),
+        )?;
         Ok(Envelope {
             event_id: raw.event_id,
             seq,
@@ -185,6 +163,44 @@ impl Envelope {
             event,
         })
     }
+}
+
+/// The version rule of both forms of an envelope (JSON here, binary in `binary.rs`): the
+/// current version decodes straight into the typed event (`current`); a newer one, or 0, is
+/// an error; an older one is read into JSON (`old`) and taken up by the upcasters first.
+pub(super) fn decode_version(
+    seq: u64,
+    kind: &str,
+    version: u32,
+    upcasters: &Upcasters,
+    current: impl FnOnce() -> Result<Event, String>,
+    old: impl FnOnce() -> Result<serde_json::Value, String>,
+) -> Result<Event, DecodeError> {
+    let data_err = |reason: String| DecodeError::Data {
+        seq,
+        kind: kind.to_owned(),
+        version,
+        reason,
+    };
+    let latest = Event::current_version(kind).ok_or_else(|| DecodeError::UnknownType {
+        seq,
+        kind: kind.to_owned(),
+    })?;
+    if version == latest {
+        return current().map_err(data_err);
+    }
+    if version > latest || version == 0 {
+        return Err(DecodeError::UnknownVersion {
+            seq,
+            kind: kind.to_owned(),
+            version,
+            max: latest,
+        });
+    }
+    let value = upcasters
+        .upcast(kind, version, latest, old().map_err(data_err)?)
+        .map_err(data_err)?;
+    Event::decode_data(kind, &value.to_string()).map_err(data_err)
 }
 
 /// The single-pass decoding of a current-version envelope (see [`Envelope::decode_with`]).

@@ -106,18 +106,21 @@ fn an_unknown_version_or_type_is_an_error_naming_the_seq() {
     assert!(matches!(err, DecodeError::Data { seq: 77, .. }), "{err}");
 }
 
+/// The upcaster of a hypothetical token_issued v1 → v2 that renamed `label` to `name`.
+fn label_to_name(mut v: serde_json::Value) -> Result<serde_json::Value, String> {
+    let label = v["label"].take();
+    let obj = v.as_object_mut().ok_or("not an object")?;
+    obj.remove("label");
+    obj.insert("name".into(), label);
+    Ok(v)
+}
+
 #[test]
 fn upcasters_run_in_order_on_raw_json_and_a_missing_step_is_an_error() {
     // A hypothetical history: token_issued v1 had `label`, v2 renamed it to `name`, v3 added
     // `expires_at`. The chain must take v1 data to v3.
     let ups = Upcasters::default()
-        .with("token_issued", 1, |mut v| {
-            let label = v["label"].take();
-            let obj = v.as_object_mut().ok_or("not an object")?;
-            obj.remove("label");
-            obj.insert("name".into(), label);
-            Ok(v)
-        })
+        .with("token_issued", 1, label_to_name)
         .with("token_issued", 2, |mut v| {
             v["expires_at"] = serde_json::Value::Null;
             Ok(v)
@@ -141,13 +144,7 @@ fn old_versions_in_the_binary_log_are_read_into_json_for_the_same_upcasters() {
             let v1: V1 = postcard::from_bytes(b).map_err(|e| e.to_string())?;
             serde_json::to_value(v1).map_err(|e| e.to_string())
         })
-        .with("token_issued", 1, |mut v| {
-            let label = v["label"].take();
-            let obj = v.as_object_mut().ok_or("not an object")?;
-            obj.remove("label");
-            obj.insert("name".into(), label);
-            Ok(v)
-        });
+        .with("token_issued", 1, label_to_name);
     let bytes = postcard::to_allocvec(&V1 { label: "ci".into() }).unwrap();
     let json = ups.read_binary("token_issued", 1, &bytes).unwrap();
     assert_eq!(
