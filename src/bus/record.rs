@@ -31,17 +31,30 @@ pub(super) struct Events {
 }
 
 impl Events {
-    /// Adds `env`, which must follow the last event added.
-    pub fn push(&mut self, env: &Envelope) {
+    /// Adds `env`, which must follow the last event added. On an error nothing is added.
+    pub fn push(&mut self, env: &Envelope) -> Result<(), String> {
+        let body = env.encode_binary()?;
+        let len = u32::try_from(body.len()).map_err(|_| "event too large".to_owned())?;
         if self.count == 0 {
             self.first = env.seq;
         }
-        let at = self.bytes.len();
-        self.bytes.extend_from_slice(&[0; 4]);
-        env.encode_binary(&mut self.bytes);
-        let len = (self.bytes.len() - at - 4) as u32;
-        self.bytes[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.bytes.extend_from_slice(&body);
         self.count += 1;
+        Ok(())
+    }
+
+    /// The events of a batch record, checked (`None` for a legacy record).
+    pub fn from_record(first: u64, value: sled::IVec) -> Result<Option<Events>, LogError> {
+        let reader = Reader::open(first, value)?;
+        if reader.legacy {
+            return Ok(None);
+        }
+        Ok(Some(Events {
+            first,
+            count: reader.left,
+            bytes: reader.value[BATCH_HEADER..].to_vec(),
+        }))
     }
 
     /// Adds `later`, whose first event must follow the last event here.
@@ -75,18 +88,6 @@ impl Events {
         let crc = crc32fast::hash(&out[4..]);
         out[..4].copy_from_slice(&crc.to_le_bytes());
         out
-    }
-}
-
-/// How many events the record at `first` holds, from its header alone (no checksum): enough
-/// to know the log's last sequence number at open. A record too damaged to say counts as one;
-/// replay names it.
-pub(super) fn count_in(value: &[u8]) -> u32 {
-    match value.get(4) {
-        Some(&BATCH) if value.len() >= BATCH_HEADER => {
-            u32::from_le_bytes([value[5], value[6], value[7], value[8]]).max(1)
-        }
-        _ => 1,
     }
 }
 
@@ -129,6 +130,9 @@ impl Reader {
                 if count == 0 {
                     return Err(corrupt("record holds no events"));
                 }
+                if first.checked_add(u64::from(count)).is_none() {
+                    return Err(corrupt("record runs past the last sequence number"));
+                }
                 Ok(Reader {
                     value,
                     next_seq: first,
@@ -139,6 +143,11 @@ impl Reader {
             }
             _ => Err(corrupt("unknown record form")),
         }
+    }
+
+    /// One past the sequence number of the record's last event.
+    pub fn end(&self) -> u64 {
+        self.next_seq + u64::from(self.left)
     }
 
     /// The next event's bytes, advancing past it; `None` at the end of the record.
@@ -162,10 +171,11 @@ impl Reader {
             return Some(Err(corrupt("record ends inside an event's length")));
         };
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let Some(body) = self.value.get(at + 4..at + 4 + len) else {
+        let end = (at + 4).saturating_add(len);
+        let Some(body) = self.value.get(at + 4..end) else {
             return Some(Err(corrupt("record ends inside an event")));
         };
-        self.offset = at + 4 + len;
+        self.offset = end;
         if self.left == 0 && self.offset != self.value.len() {
             return Some(Err(corrupt("bytes after the record's last event")));
         }

@@ -1,8 +1,9 @@
-use super::record::{self, Events, Reader};
+use super::record::{Events, Reader};
 use crate::event::{upcast::Upcasters, DecodeError, Envelope, Event};
 use chrono::{DateTime, Utc};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Failures of the log. Each names the sequence number it concerns, when there is one.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,8 @@ pub enum LogError {
     Decode(#[from] DecodeError),
     #[error("event log write failed, refusing further appends: {0}")]
     Failed(String),
+    #[error("event at seq {seq} cannot be encoded for the log: {reason}")]
+    Encode { seq: u64, reason: String },
 }
 
 impl From<crate::state::ApplyError> for LogError {
@@ -57,6 +60,11 @@ pub struct SledLog {
     /// leader takes it (a std mutex for the same reason as `queue`).
     tail: parking_lot::Mutex<Tail>,
     commit: GroupCommit,
+    /// Held from taking what is queued until sled has it, across the blocking write: a
+    /// round whose leader was cancelled mid-write still holds it, so the next round cannot
+    /// write before it (records must reach sled in order). tokio's, for its owned guard,
+    /// which can move into the blocking task.
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Small records are merged once together they hold this many events...
@@ -106,6 +114,78 @@ impl Tail {
         batch.insert(&key(self.events.first), self.events.record());
         *self = Tail::default();
         batch
+    }
+}
+
+impl Tail {
+    /// The small records a previous process left at the end of the log, so that they are
+    /// merged too: trailing batch records, contiguous, together under the merge thresholds.
+    /// Stops at a legacy or large record.
+    fn recover(db: &sled::Db) -> Result<Tail, LogError> {
+        let mut found: Vec<Events> = Vec::new();
+        let (mut count, mut bytes) = (0u32, 0usize);
+        for item in db.iter().rev() {
+            let (k, v) = item?;
+            let first = seq_of(&k, 0)?;
+            let Some(events) = Events::from_record(first, v)? else {
+                break;
+            };
+            let follows = found
+                .last()
+                .is_none_or(|next| events.first + u64::from(events.count) == next.first);
+            if !follows
+                || count + events.count >= CHUNK_EVENTS
+                || bytes + events.bytes.len() >= CHUNK_BYTES
+            {
+                break;
+            }
+            count += events.count;
+            bytes += events.bytes.len();
+            found.push(events);
+        }
+        let mut tail = Tail::default();
+        for events in found.into_iter().rev() {
+            tail.keys.push(events.first);
+            tail.events.extend(events);
+        }
+        Ok(tail)
+    }
+}
+
+/// One leader's round of the group commit: from taking the leader's role to publishing its
+/// outcome. Dropped unfinished (its future cancelled), it still hands the role back.
+struct Round<'a> {
+    log: &'a SledLog,
+}
+
+impl<'a> Round<'a> {
+    /// Starts a round; the caller has set `flushing`.
+    fn new(log: &'a SledLog) -> Self {
+        Round { log }
+    }
+
+    /// Records the outcome (durable up to `target`, or failed for good) and ends the round.
+    fn finish(self, result: Result<(), String>, target: Option<u64>) -> Result<(), LogError> {
+        self.log.commit.flushes.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.log.commit.state.lock();
+        match result {
+            Ok(()) => {
+                st.durable = st.durable.max(target.unwrap_or(0));
+                Ok(())
+            }
+            Err(e) => {
+                st.failed = Some(e.clone());
+                Err(LogError::Failed(e))
+            }
+        }
+        // `self` drops here: the role is handed back and waiters are woken.
+    }
+}
+
+impl Drop for Round<'_> {
+    fn drop(&mut self) {
+        self.log.commit.state.lock().flushing = false;
+        self.log.commit.notify.notify_waiters();
     }
 }
 
@@ -179,17 +259,20 @@ impl SledLog {
                 Err(e) => return Err(open_err(e.to_string())),
             }
         };
+        // The last record is checked whole (a torn or corrupt tail stops the service here,
+        // naming it); it says where the log ends.
         let last = match db.last().map_err(|e| open_err(e.to_string()))? {
             None => 0,
-            Some((k, v)) => seq_of(&k, 0)? + u64::from(record::count_in(&v)) - 1,
+            Some((k, v)) => Reader::open(seq_of(&k, 0)?, v)?.end() - 1,
         };
+        let tail = Tail::recover(&db)?;
         Ok(SledLog {
             db,
             queue: parking_lot::Mutex::new(Queue {
                 last_assigned: last,
                 pending: Events::default(),
             }),
-            tail: parking_lot::Mutex::new(Tail::default()),
+            tail: parking_lot::Mutex::new(tail),
             commit: GroupCommit {
                 state: parking_lot::Mutex::new(CommitState {
                     durable: last,
@@ -199,6 +282,7 @@ impl SledLog {
                 notify: tokio::sync::Notify::new(),
                 flushes: AtomicU64::new(0),
             },
+            writing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -230,9 +314,15 @@ impl SledLog {
         }
         let mut q = self.queue.lock();
         let envs = Envelope::numbered(events, q.last_assigned, node_id, at);
+        // Encode all before taking any: a failure leaves the queue as it was.
+        let mut encoded = Events::default();
         for env in &envs {
-            q.pending.push(env);
+            encoded.push(env).map_err(|reason| LogError::Encode {
+                seq: env.seq,
+                reason,
+            })?;
         }
+        q.pending.extend(encoded);
         q.last_assigned += envs.len() as u64;
         Ok(envs)
     }
@@ -250,7 +340,10 @@ impl SledLog {
                 found: env.seq,
             });
         }
-        q.pending.push(env);
+        q.pending.push(env).map_err(|reason| LogError::Encode {
+            seq: env.seq,
+            reason,
+        })?;
         q.last_assigned = env.seq;
         Ok(())
     }
@@ -277,28 +370,23 @@ impl SledLog {
                 notified.await;
                 continue;
             }
-            // Leader. Let appenders that are ready to run queue their events first, so this
-            // round covers them too.
+            // Leader. The guard ends the round even if this future is dropped mid-way (a
+            // runtime shutting down), so no later caller waits for a leader that is gone.
+            let round = Round::new(self);
+            // Let appenders that are ready to run queue their events first, so this round
+            // covers them too.
             tokio::task::yield_now().await;
+            let writing = self.writing.clone().lock_owned().await;
             let (batch, target) = self.take_pending();
             let db = self.db.clone();
-            let result = tokio::task::spawn_blocking(move || write_and_flush(&db, batch))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            self.commit.flushes.fetch_add(1, Ordering::Relaxed);
-            {
-                let mut st = self.commit.state.lock();
-                st.flushing = false;
-                match &result {
-                    Ok(()) => st.durable = st.durable.max(target.unwrap_or(0)),
-                    Err(e) => st.failed = Some(e.clone()),
-                }
-            }
-            self.commit.notify.notify_waiters();
-            if let Err(e) = result {
-                return Err(LogError::Failed(e));
-            }
+            let result = tokio::task::spawn_blocking(move || {
+                let _writing = writing;
+                write_and_flush(&db, batch)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            round.finish(result, target)?;
         }
     }
 
@@ -310,19 +398,34 @@ impl SledLog {
         (self.tail.lock().write(pending), target)
     }
 
-    /// Writes and flushes everything queued, synchronously (shutdown, tools). Must not run
-    /// concurrently with `wait_durable`.
+    /// Writes and flushes everything queued, synchronously (tools, tests). Takes the leader's
+    /// role like [`SledLog::wait_durable`], waiting for a running round to end first; so it
+    /// must not be called on a thread that a running round needs to finish (a current-thread
+    /// runtime's only thread).
     pub fn flush_blocking(&self) -> Result<(), LogError> {
-        if let Some(reason) = &self.commit.state.lock().failed {
-            // What is queued follows records that never reached the disk: writing it would
-            // leave a gap, and the log could not be replayed.
-            return Err(LogError::Failed(reason.clone()));
+        loop {
+            let mut st = self.commit.state.lock();
+            if let Some(reason) = &st.failed {
+                // What is queued follows records that never reached the disk: writing it
+                // would leave a gap, and the log could not be replayed.
+                return Err(LogError::Failed(reason.clone()));
+            }
+            if !std::mem::replace(&mut st.flushing, true) {
+                break;
+            }
+            drop(st);
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        let round = Round::new(self);
+        let _writing = loop {
+            match self.writing.try_lock() {
+                Ok(guard) => break guard,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        };
         let (batch, target) = self.take_pending();
-        write_and_flush(&self.db, batch)?;
-        let mut st = self.commit.state.lock();
-        st.durable = st.durable.max(target.unwrap_or(0));
-        Ok(())
+        let result = write_and_flush(&self.db, batch).map_err(|e| e.to_string());
+        round.finish(result, target)
     }
 
     /// Every event from `from` (inclusive) in order, checked: checksums, decoding, and no
@@ -443,10 +546,10 @@ impl Scan<'_> {
         };
         let (k, v) = item?;
         let first = seq_of(&k, self.expected)?;
-        if first + u64::from(record::count_in(&v)) <= self.expected {
+        let mut reader = Reader::open(first, v)?;
+        if reader.end() <= self.expected {
             return Ok(false);
         }
-        let mut reader = Reader::open(first, v)?;
         reader.skip_to(self.expected)?;
         self.record = Some(reader);
         self.iter = self.db.range(key(first + 1)..);

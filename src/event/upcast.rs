@@ -9,8 +9,8 @@ pub type UpcastFn = fn(Value) -> Result<Value, String>;
 
 /// Reads the binary (postcard) `data` of an old version of a type from the local log into
 /// JSON, for the upcasters to take further. When a type moves to v2, its v1 payload struct
-/// stays in the code, and its reader is `|b| postcard::from_bytes::<V1>(b)` then
-/// `serde_json::to_value`.
+/// stays in the code, and its reader is `postcard::take_from_bytes::<V1>` (refusing any
+/// bytes left over, as the current version's decoding does) then `serde_json::to_value`.
 pub type BinaryReader = fn(&[u8]) -> Result<Value, String>;
 
 /// A table of upcasters keyed by (type, from-version), and of binary readers for old

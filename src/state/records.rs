@@ -55,6 +55,8 @@ impl TokenRecords {
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
+        // 4-byte positions keep the indexes small. 2^32 records would take some 700 GB of
+        // memory before this saturates; a saturated position would only misaddress lists.
         let pos32 = u32::try_from(pos).unwrap_or(u32::MAX);
         self.by_id.insert(rec.id, pos32);
         self.by_user.entry(rec.user_id).or_default().push(pos32);

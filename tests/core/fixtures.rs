@@ -41,6 +41,9 @@ fn every_fixture_decodes_round_trips_and_matches_its_schema() {
     let mut n = 0;
     for entry in std::fs::read_dir(events_dir().join("fixtures")).unwrap() {
         let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue; // the binary forms, tested below
+        }
         let json = read_json(&path);
         let bytes = serde_json::to_vec(&json).unwrap();
         let env = Envelope::decode(&bytes, 0)
@@ -157,4 +160,31 @@ fn old_versions_in_the_binary_log_are_read_into_json_for_the_same_upcasters() {
         "{err}"
     );
     assert!(ups.read_binary("token_issued", 1, &[0xff]).is_err());
+}
+
+/// The local log's binary form of every fixture, pinned in `events/fixtures/<type>.v1.bin.hex`.
+/// postcard stores no field names and numbers enum variants and types by position, so
+/// reordering `TYPES`, an enum's variants or a payload's fields, or adding a field, would
+/// change how old local logs read without any error. This test fails instead: such a change
+/// needs a version bump and a binary reader for the old version. `BLESS_BINARY_FIXTURES=1`
+/// writes the files (only for a new type or version).
+#[test]
+fn the_binary_form_of_every_fixture_is_pinned() {
+    for kind in TYPES {
+        let json = std::fs::read(events_dir().join(format!("fixtures/{kind}.v1.json"))).unwrap();
+        let env = Envelope::decode(&json, 0).unwrap();
+        let bin = env.encode_binary().unwrap();
+        let path = events_dir().join(format!("fixtures/{kind}.v1.bin.hex"));
+        if std::env::var_os("BLESS_BINARY_FIXTURES").is_some() {
+            std::fs::write(&path, format!("{}\n", hex::encode(&bin))).unwrap();
+        }
+        let pinned = hex::decode(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(
+            hex::encode(&bin),
+            hex::encode(&pinned),
+            "{kind}: the binary form changed; old local logs would read differently"
+        );
+        let back = Envelope::decode_binary(&pinned, env.seq, &Upcasters::builtin()).unwrap();
+        assert_eq!(back, env, "{kind}");
+    }
 }

@@ -80,7 +80,11 @@ fn damaged(f: impl FnOnce(&SledLog)) -> LogError {
     let dir = core.dir;
     drop(core.writer);
     drop(core.log);
-    let log = Arc::new(SledLog::open(dir.path()).unwrap());
+    // Damage at the end of the log stops it at open; anywhere else, at replay.
+    let log = match SledLog::open(dir.path()) {
+        Ok(log) => Arc::new(log),
+        Err(e) => return e,
+    };
     let state = snaptrack_auth::state::State::new("n1");
     log.replay_into(&state).unwrap_err()
 }
@@ -120,9 +124,13 @@ fn a_corrupt_record_stops_replay_naming_its_seq() {
 }
 
 #[test]
-fn a_torn_record_stops_replay_naming_its_seq() {
+fn a_torn_record_stops_the_log_naming_its_seq() {
+    // At the end of the log (where a crash tears records), opening fails...
     let err = damaged(|log| log.insert_raw_for_tests(5, &[1, 2]).unwrap());
     assert!(matches!(err, LogError::Corrupt { seq: 5, .. }), "{err}");
+    // ...and in the middle, replay does.
+    let err = damaged(|log| log.insert_raw_for_tests(2, &[1, 2, 3, 4, 5, 6]).unwrap());
+    assert!(matches!(err, LogError::Corrupt { seq: 2, .. }), "{err}");
 }
 
 #[test]
@@ -145,8 +153,7 @@ fn overlapping_records_stop_replay() {
     // Record 2 claims to hold two events, so the record at 3 overlaps it.
     let err = damaged(|log| {
         let one = log.iter_from(2).next().unwrap().unwrap();
-        let mut a = Vec::new();
-        one.encode_binary(&mut a);
+        let a = one.encode_binary().unwrap();
         log.insert_raw_for_tests(2, &batch_record(&[&a, &a]))
             .unwrap();
     });
@@ -274,4 +281,96 @@ fn a_saved_token_count_is_only_a_hint() {
         assert_eq!(core.log.replay_into(&state).unwrap(), 10);
         assert_eq!(state.snapshot(), reference);
     }
+}
+
+/// `rounds` group commits of 10 events each.
+fn rounds(log: &SledLog, rounds: u64) -> Vec<Envelope> {
+    let now = chrono::Utc::now();
+    let mut appended = Vec::new();
+    for round in 0..rounds {
+        let events = (0..10).map(|i| event(round * 10 + i)).collect();
+        appended.extend(log.append(events, "n1", now).unwrap());
+        log.flush_blocking().unwrap();
+    }
+    appended
+}
+
+#[test]
+fn small_records_left_by_a_previous_process_are_merged_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut appended = {
+        let log = SledLog::open(dir.path()).unwrap();
+        rounds(&log, 50)
+    };
+    let log = SledLog::open(dir.path()).unwrap();
+    assert_eq!(log.record_count_for_tests(), 50);
+    appended.extend(rounds(&log, 60));
+    // 1,100 events: the first 1,030 (including the previous process's 500) merged into one
+    // record, then the rounds since.
+    let records = log.record_count_for_tests();
+    assert!(
+        records <= 10,
+        "{records} records: the old small ones were not merged"
+    );
+    let all: Vec<Envelope> = log.iter_from(1).map(|e| e.unwrap()).collect();
+    assert_eq!(all, appended);
+}
+
+#[test]
+fn merging_starts_after_legacy_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now();
+    let old: Vec<Envelope> = Envelope::numbered(vec![event(0), event(1)], 0, "n1", now);
+    {
+        let log = SledLog::open(dir.path()).unwrap();
+        for env in &old {
+            log.insert_raw_for_tests(env.seq, &json_record(env))
+                .unwrap();
+        }
+        log.flush_blocking().unwrap();
+    }
+    let log = SledLog::open(dir.path()).unwrap();
+    let new = rounds(&log, 110);
+    assert!(log.record_count_for_tests() < 20);
+    let all: Vec<Envelope> = log.iter_from(1).map(|e| e.unwrap()).collect();
+    assert_eq!(all, [old, new].concat());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_blocking_and_group_commits_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(SledLog::open(dir.path()).unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..150 {
+                let envs = log
+                    .append(vec![event(t * 1000 + i)], "n1", chrono::Utc::now())
+                    .unwrap();
+                log.wait_durable(envs[0].seq).await.unwrap();
+            }
+        }));
+    }
+    let flusher = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                log.append(vec![event(9000 + i)], "n1", chrono::Utc::now())
+                    .unwrap();
+                log.flush_blocking().unwrap();
+            }
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    flusher.join().unwrap();
+    // 1,500 events through both paths, with merges: every one is there, in order.
+    assert_eq!(log.last_seq(), 1500);
+    let seqs: Vec<u64> = log.iter_from(1).map(|e| e.unwrap().seq).collect();
+    assert_eq!(seqs, (1..=1500).collect::<Vec<_>>());
+    drop(log);
+    let log = SledLog::open(dir.path()).unwrap();
+    assert_eq!(log.iter_from(1).filter(|e| e.is_ok()).count(), 1500);
 }
