@@ -89,6 +89,9 @@ pub struct Directory {
     pub emails: HashMap<String, UserId>,
     pub password_hashes: HashMap<UserId, String>,
     pub token_records: TokenRecords,
+    /// Every session by expiry: each login drops the sessions that expired before it, so
+    /// expired sessions do not pile up in `sessions` while the node runs.
+    pub session_expiry: std::collections::BTreeSet<(DateTime<Utc>, TokenHash)>,
     pub last_user_id: u64,
 }
 
@@ -266,17 +269,33 @@ impl State {
                 }
             }
             Event::LoginSucceeded(e) => {
-                self.sessions.pin().insert(
+                let mut d = self.directory.write();
+                let sessions = self.sessions.pin();
+                // By the event's time, not the clock, so that replay drops the same ones.
+                while let Some(&(expiry, hash)) = d.session_expiry.first() {
+                    if expiry > occurred_at {
+                        break;
+                    }
+                    d.session_expiry.pop_first();
+                    sessions
+                        .remove_if(&hash, |_, s| s.expires_at == expiry)
+                        .ok();
+                }
+                sessions.insert(
                     e.session_sha256,
                     Session {
                         user_id: e.user_id,
                         expires_at: e.expires_at,
                     },
                 );
+                d.session_expiry.insert((e.expires_at, e.session_sha256));
             }
             Event::LoginFailed(_) => {}
             Event::SessionEnded(e) => {
-                self.sessions.pin().remove(&e.session_sha256);
+                let mut d = self.directory.write();
+                if let Some(s) = self.sessions.pin().remove(&e.session_sha256) {
+                    d.session_expiry.remove(&(s.expires_at, e.session_sha256));
+                }
             }
         }
         self.applied_seq.store(seq, Ordering::Release);

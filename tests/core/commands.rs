@@ -198,3 +198,44 @@ fn a_user_holds_at_most_the_maximum_of_active_tokens() {
     let (_, cmd) = issue(1, &ApiToken::generate());
     assert!(when(&core, cmd).is_ok(), "a revoked token frees its place");
 }
+
+#[test]
+fn a_login_drops_the_sessions_that_expired_before_it() {
+    use snaptrack_auth::domain::TokenHash;
+    let core = Core::new();
+    given(&core, vec![register("a@example.com", Tier::Pro)]);
+    let t0 = Utc::now();
+    let login = |session: &TokenHash, expires_at, at| {
+        core.writer
+            .execute_now(
+                Command::RecordLogin {
+                    user_id: UserId(1),
+                    session: *session,
+                    expires_at,
+                    client_ip: None,
+                },
+                at,
+            )
+            .unwrap();
+    };
+    let (short, long, later) = (
+        TokenHash::of("short"),
+        TokenHash::of("long"),
+        TokenHash::of("later"),
+    );
+    login(&short, t0 + chrono::Duration::minutes(1), t0);
+    login(&long, t0 + chrono::Duration::days(1), t0);
+    assert_eq!(core.state.sessions.len(), 2);
+    // An hour later, by the event's time: the short session is gone, the long one stays.
+    let hour = t0 + chrono::Duration::hours(1);
+    login(&later, hour + chrono::Duration::days(1), hour);
+    let sessions = core.state.sessions.pin();
+    assert!(sessions.get(&short).is_none());
+    assert!(sessions.get(&long).is_some() && sessions.get(&later).is_some());
+    // Replay drops the same ones.
+    assert_eq!(core.replayed().snapshot(), core.state.snapshot());
+    // Logging out of a session already dropped writes nothing.
+    assert!(when(&core, Command::EndSession { session: short })
+        .unwrap()
+        .is_empty());
+}
