@@ -95,6 +95,10 @@ pub struct Settings {
     pub demo: bool,
     /// HTTP worker threads; `None` means one per physical core.
     pub workers: Option<usize>,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers, reverse proxies): behind
+    /// them, the throttles and the login audit see the client's address instead of the
+    /// proxy's. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -117,6 +121,7 @@ impl std::fmt::Debug for Settings {
             .field("cluster", &self.cluster)
             .field("demo", &self.demo)
             .field("workers", &self.workers)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -157,6 +162,7 @@ impl Default for Settings {
             cluster: ClusterSettings::default(),
             demo: false,
             workers: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -172,6 +178,7 @@ struct FileConfig {
     session_ttl_secs: Option<u64>,
     max_body_bytes: Option<usize>,
     workers: Option<usize>,
+    trusted_proxies: Option<Vec<String>>,
     #[serde(default)]
     tiers: FileTiers,
     #[serde(default)]
@@ -241,6 +248,23 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     }
 }
 
+/// Trusted proxies: networks (`10.0.0.0/8`, `fd00::/8`) or single addresses.
+fn parse_proxies(items: &[&str]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    items
+        .iter()
+        .map(|item| {
+            let item = item.trim();
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| ConfigError::Invalid {
+                    key: "trusted_proxies".into(),
+                    reason: format!("{item:?} is neither an address nor a network"),
+                })
+        })
+        .collect()
+}
+
 impl Settings {
     /// Loads settings: defaults, then the file (`--config`, or `./config.toml` when it
     /// exists), then the environment, then the flags.
@@ -267,6 +291,10 @@ impl Settings {
             s.nats = Some(url);
         }
         set(&mut s.node_id, env("SNAPTRACK_AUTH_NODE_ID"));
+        if let Some(list) = env("SNAPTRACK_AUTH_TRUSTED_PROXIES") {
+            let items: Vec<&str> = list.split(',').filter(|p| !p.trim().is_empty()).collect();
+            s.trusted_proxies = parse_proxies(&items)?;
+        }
         s.admin_token = env("SNAPTRACK_ADMIN_TOKEN").filter(|t| !t.is_empty());
         set(&mut s.listen, o.listen.clone());
         set(&mut s.data, o.data.clone());
@@ -305,6 +333,10 @@ impl Settings {
         set(&mut self.max_body_bytes, f.max_body_bytes);
         if f.workers.is_some() {
             self.workers = f.workers;
+        }
+        if let Some(list) = f.trusted_proxies {
+            let items: Vec<&str> = list.iter().map(String::as_str).collect();
+            self.trusted_proxies = parse_proxies(&items)?;
         }
         let tiers = [f.tiers.free, f.tiers.starter, f.tiers.pro, f.tiers.business];
         for (slot, t) in self.tiers.iter_mut().zip(tiers) {
@@ -460,6 +492,41 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:3");
         assert_eq!(s.node_id, "env");
         assert_eq!(s.data, PathBuf::from("/f"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_networks_and_addresses_from_file_or_environment() {
+        let s = load(
+            "trusted_proxies = [\"10.1.2.3/8\", \"192.168.0.7\", \"fd00::/8\"]\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        let shown: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.168.0.7/32", "fd00::/8"]);
+        let s = load(
+            "trusted_proxies = [\"10.0.0.0/8\"]\n",
+            &[("SNAPTRACK_AUTH_TRUSTED_PROXIES", "127.0.0.1, ::1")],
+            Overrides::default(),
+        )
+        .unwrap();
+        let shown: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["127.0.0.1/32", "::1/128"],
+            "the environment replaces the file"
+        );
+        assert!(load("", &[], Overrides::default())
+            .unwrap()
+            .trusted_proxies
+            .is_empty());
+        for bad in [
+            "trusted_proxies = [\"10.0.0.0/33\"]\n",
+            "trusted_proxies = [\"lb\"]\n",
+        ] {
+            let err = load(bad, &[], Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        }
     }
 
     #[test]

@@ -36,20 +36,59 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (!token.is_empty() && !token.contains(|c: char| c.is_ascii_whitespace())).then_some(token)
 }
 
-/// The client's address, as the throttles count it: the TCP peer, with IPv6 addresses cut
-/// to their /64 (one host usually holds a whole /64, and could rotate through it).
+/// The client's address, as the throttles and the login audit count it: the TCP peer, or,
+/// when the peer is a trusted proxy (`trusted_proxies`), the address it forwarded
+/// ([`forwarded_client`]). IPv6 addresses are cut to their /64 (one host usually holds a
+/// whole /64, and could rotate through it).
 pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
-    req.peer_addr().map(|a| match a.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
+    let peer = req.peer_addr()?.ip();
+    let trusted = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(&[][..], |app| app.settings.trusted_proxies.as_slice());
+    Some(
+        match forwarded_client(peer, req.headers(), trusted).to_canonical() {
+            IpAddr::V6(v6) => {
                 let mut seg = v6.segments();
                 seg[4..].fill(0);
                 IpAddr::V6(std::net::Ipv6Addr::from(seg))
             }
+            v4 => v4,
         },
-        v4 => v4,
-    })
+    )
+}
+
+/// The client behind `peer`. A peer that is not a trusted proxy is the client, whatever its
+/// headers say. Behind a trusted one, `X-Forwarded-For` (every such header, in order, as one
+/// list) is read from the right, since each proxy appends the address it saw: the first
+/// address that is not itself a trusted proxy is the client, and whatever stands to its left
+/// was written by that client and is ignored. An entry that is not an address ends the walk
+/// at the last address known good.
+pub fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| {
+        let ip = ip.to_canonical();
+        trusted.iter().any(|net| net.contains(&ip))
+    };
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let parsed = hop
+            .parse::<IpAddr>()
+            .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()));
+        let Ok(ip) = parsed else { break };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
 }
 
 fn app(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
@@ -276,6 +315,64 @@ pub fn same_origin(req: &HttpRequest) -> Result<(), ApiError> {
 mod tests {
     use super::*;
     use actix_web::http::header::HeaderValue;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies_and_read_from_the_right() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted: Vec<ipnet::IpNet> = ["10.0.0.0/8", "fd00::/8"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let xff = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    header::HeaderName::from_static("x-forwarded-for"),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let cases: &[(&str, &[&str], &str)] = &[
+            // An untrusted peer is the client, whatever it claims.
+            ("203.0.113.9", &["198.51.100.1"], "203.0.113.9"),
+            // Behind a trusted proxy: the address it appended.
+            ("10.0.0.2", &["198.51.100.1"], "198.51.100.1"),
+            // A client's own forged entries stand to the left and are ignored.
+            (
+                "10.0.0.2",
+                &["1.1.1.1, 2.2.2.2, 198.51.100.1"],
+                "198.51.100.1",
+            ),
+            // Through a chain of trusted proxies, in one header or several.
+            ("10.0.0.2", &["198.51.100.1, 10.9.9.9"], "198.51.100.1"),
+            (
+                "10.0.0.2",
+                &["6.6.6.6, 198.51.100.1", "10.9.9.9"],
+                "198.51.100.1",
+            ),
+            // With ports, and IPv6 (also as a mapped IPv4 peer).
+            ("10.0.0.2", &["198.51.100.1:4711"], "198.51.100.1"),
+            ("fd00::1", &["[2001:db8::5]:443"], "2001:db8::5"),
+            ("::ffff:10.0.0.2", &["198.51.100.1"], "198.51.100.1"),
+            // No header, or garbage where the client should be: the last address known good.
+            ("10.0.0.2", &[], "10.0.0.2"),
+            ("10.0.0.2", &["198.51.100.1, unknown"], "10.0.0.2"),
+            ("10.0.0.2", &["unknown, 10.9.9.9"], "10.9.9.9"),
+        ];
+        for (peer, headers, want) in cases {
+            assert_eq!(
+                forwarded_client(ip(peer), &xff(headers), &trusted),
+                ip(want),
+                "peer {peer}, X-Forwarded-For {headers:?}"
+            );
+        }
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), &xff(&["198.51.100.1"]), &[]),
+            ip("10.0.0.2"),
+            "nothing trusted: the header is ignored"
+        );
+    }
 
     fn headers(values: &[&[u8]]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -277,3 +277,40 @@ async fn repeated_failures_throttle_one_address_and_not_another() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_throttled_not_the_proxy() {
+    // 127.0.0.1 plays the load balancer; 127.0.0.2 is a client that is not one.
+    let config = "trusted_proxies = [\"127.0.0.1\"]\n[throttle]\nauth_failures = 3\nauth_window_secs = 3600\n";
+    let app = spawn_app_with_config(config).await;
+    let (_, token, _) = app.user_with_token("a@example.com", "pro").await;
+    let via = |client: &reqwest::Client, forwarded_for: &str, bearer: &str| {
+        client
+            .get(format!("{}/test", app.url))
+            .header("X-Forwarded-For", forwarded_for)
+            .bearer_auth(bearer)
+            .send()
+    };
+    let proxy = reqwest::Client::new();
+    // One client behind the proxy fails until it is throttled...
+    for _ in 0..3 {
+        let r = via(&proxy, "198.51.100.7", "garbage").await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = via(&proxy, "198.51.100.7", &token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // ...while another client behind the same proxy is not.
+    let r = via(&proxy, "198.51.100.8", &token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A peer that is not a trusted proxy cannot pass its failures on to someone else's
+    // address: they count against its own.
+    let other = client_from("127.0.0.2");
+    for _ in 0..3 {
+        let r = via(&other, "198.51.100.8", "garbage").await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = via(&other, "198.51.100.9", &token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = via(&proxy, "198.51.100.8", &token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
