@@ -62,9 +62,10 @@ pub struct SledLog {
     commit: GroupCommit,
     /// Held from taking what is queued until sled has it, across the blocking write: a
     /// round whose leader was cancelled mid-write still holds it, so the next round cannot
-    /// write before it (records must reach sled in order). tokio's, for its owned guard,
-    /// which can move into the blocking task.
-    writing: Arc<tokio::sync::Mutex<()>>,
+    /// write before it (records must reach sled in order). It holds the error of a write
+    /// whose round ended before it could record it, for the next round to fail the log
+    /// with. tokio's, for its owned guard, which can move into the blocking task.
+    writing: Arc<tokio::sync::Mutex<Option<String>>>,
 }
 
 /// Small records are merged once together they hold this many events...
@@ -78,6 +79,10 @@ const TOKEN_COUNT: &str = "token_count";
 struct Queue {
     /// Last assigned sequence number.
     last_assigned: u64,
+    /// Last sequence number taken for writing. A round that holds the write gate knows
+    /// every earlier write has reached sled, so once its own flush is done the log is
+    /// durable this far (even if an earlier round was cancelled before saying so).
+    taken: u64,
     /// Encoded events not yet handed to sled, in sequence order.
     pending: Events,
 }
@@ -165,12 +170,12 @@ impl<'a> Round<'a> {
     }
 
     /// Records the outcome (durable up to `target`, or failed for good) and ends the round.
-    fn finish(self, result: Result<(), String>, target: Option<u64>) -> Result<(), LogError> {
+    fn finish(self, result: Result<(), String>, target: u64) -> Result<(), LogError> {
         self.log.commit.flushes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.log.commit.state.lock();
         match result {
             Ok(()) => {
-                st.durable = st.durable.max(target.unwrap_or(0));
+                st.durable = st.durable.max(target);
                 Ok(())
             }
             Err(e) => {
@@ -270,6 +275,7 @@ impl SledLog {
             db,
             queue: parking_lot::Mutex::new(Queue {
                 last_assigned: last,
+                taken: last,
                 pending: Events::default(),
             }),
             tail: parking_lot::Mutex::new(tail),
@@ -282,7 +288,7 @@ impl SledLog {
                 notify: tokio::sync::Notify::new(),
                 flushes: AtomicU64::new(0),
             },
-            writing: Arc::new(tokio::sync::Mutex::new(())),
+            writing: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -376,26 +382,36 @@ impl SledLog {
             // Let appenders that are ready to run queue their events first, so this round
             // covers them too.
             tokio::task::yield_now().await;
-            let writing = self.writing.clone().lock_owned().await;
+            let mut gate = self.writing.clone().lock_owned().await;
+            if let Some(e) = gate.clone() {
+                return round.finish(Err(e), 0);
+            }
             let (batch, target) = self.take_pending();
             let db = self.db.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let _writing = writing;
-                write_and_flush(&db, batch)
+                let result = write_and_flush(&db, batch).map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    *gate = Some(e.clone());
+                }
+                result
             })
             .await
             .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .and_then(|r| r);
             round.finish(result, target)?;
         }
     }
 
-    /// Takes what is queued: the sled batch that writes it (see [`Tail::write`]) and the last
-    /// sequence number it holds. Only the flushing leader calls this.
-    fn take_pending(&self) -> (sled::Batch, Option<u64>) {
-        let pending = std::mem::take(&mut self.queue.lock().pending);
-        let target = (!pending.is_empty()).then(|| pending.last());
-        (self.tail.lock().write(pending), target)
+    /// Takes what is queued: the sled batch that writes it (see [`Tail::write`]) and how far
+    /// the log is durable once that batch is flushed. Only the leader, holding the write
+    /// gate, calls this.
+    fn take_pending(&self) -> (sled::Batch, u64) {
+        let mut q = self.queue.lock();
+        let pending = std::mem::take(&mut q.pending);
+        if !pending.is_empty() {
+            q.taken = pending.last();
+        }
+        (self.tail.lock().write(pending), q.taken)
     }
 
     /// Writes and flushes everything queued, synchronously (tools, tests). Takes the leader's
@@ -417,14 +433,20 @@ impl SledLog {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let round = Round::new(self);
-        let _writing = loop {
+        let mut gate = loop {
             match self.writing.try_lock() {
                 Ok(guard) => break guard,
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
             }
         };
+        if let Some(e) = gate.clone() {
+            return round.finish(Err(e), 0);
+        }
         let (batch, target) = self.take_pending();
         let result = write_and_flush(&self.db, batch).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            *gate = Some(e.clone());
+        }
         round.finish(result, target)
     }
 

@@ -374,3 +374,28 @@ async fn flush_blocking_and_group_commits_take_turns() {
     let log = SledLog::open(dir.path()).unwrap();
     assert_eq!(log.iter_from(1).filter(|e| e.is_ok()).count(), 1500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_group_commit_round_neither_hangs_nor_loses_the_log() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(SledLog::open(dir.path()).unwrap());
+    let mut last = 0;
+    for n in 0..200u64 {
+        let envs = log
+            .append(vec![event(n)], "n1", chrono::Utc::now())
+            .unwrap();
+        last = envs[0].seq;
+        // Give up on the wait after a varying moment: before leading, while the leader
+        // yields, while sled writes, or not at all.
+        let _ = tokio::time::timeout(Duration::from_micros(n * 10), log.wait_durable(last)).await;
+    }
+    // The next wait still completes, and every event is there in order.
+    tokio::time::timeout(Duration::from_secs(10), log.wait_durable(last))
+        .await
+        .expect("a cancelled round left the log waiting for a leader that is gone")
+        .unwrap();
+    assert_eq!(last, 200);
+    let seqs: Vec<u64> = log.iter_from(1).map(|e| e.unwrap().seq).collect();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+}
