@@ -248,19 +248,47 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     }
 }
 
-/// Trusted proxies: networks (`10.0.0.0/8`, `fd00::/8`) or single addresses.
+/// Trusted proxies: networks (`10.0.0.0/8`, `fd00::/8`) or single addresses. A network with
+/// host bits set (`10.1.2.3/8`, perhaps meant as `/32`) and `/0` (every client could then
+/// choose its own address) are errors. IPv4-mapped IPv6 entries are taken as IPv4, the form
+/// peers are compared in.
 fn parse_proxies(items: &[&str]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        key: "trusted_proxies".into(),
+        reason,
+    };
     items
         .iter()
         .map(|item| {
             let item = item.trim();
-            item.parse::<ipnet::IpNet>()
+            let net = item
+                .parse::<ipnet::IpNet>()
                 .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map(|net| net.trunc())
-                .map_err(|_| ConfigError::Invalid {
-                    key: "trusted_proxies".into(),
-                    reason: format!("{item:?} is neither an address nor a network"),
-                })
+                .map_err(|_| invalid(format!("{item:?} is neither an address nor a network")))?;
+            if net.trunc() != net {
+                return Err(invalid(format!(
+                    "{item:?} has host bits set: {} or {}/{}?",
+                    net.trunc(),
+                    net.addr(),
+                    net.max_prefix_len()
+                )));
+            }
+            if net.prefix_len() == 0 {
+                return Err(invalid(format!(
+                    "{item:?} would trust every peer, letting any client choose its address"
+                )));
+            }
+            Ok(match net {
+                ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+                    Some(v4) if v6.prefix_len() >= 96 => {
+                        ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                            .map(ipnet::IpNet::V4)
+                            .unwrap_or(net)
+                    }
+                    _ => net,
+                },
+                v4 => v4,
+            })
         })
         .collect()
 }
@@ -497,13 +525,16 @@ mod tests {
     #[test]
     fn trusted_proxies_take_networks_and_addresses_from_file_or_environment() {
         let s = load(
-            "trusted_proxies = [\"10.1.2.3/8\", \"192.168.0.7\", \"fd00::/8\"]\n",
+            "trusted_proxies = [\"10.0.0.0/8\", \"192.168.0.7\", \"fd00::/8\", \"::ffff:172.16.0.0/108\"]\n",
             &[],
             Overrides::default(),
         )
         .unwrap();
         let shown: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
-        assert_eq!(shown, ["10.0.0.0/8", "192.168.0.7/32", "fd00::/8"]);
+        assert_eq!(
+            shown,
+            ["10.0.0.0/8", "192.168.0.7/32", "fd00::/8", "172.16.0.0/12"]
+        );
         let s = load(
             "trusted_proxies = [\"10.0.0.0/8\"]\n",
             &[("SNAPTRACK_AUTH_TRUSTED_PROXIES", "127.0.0.1, ::1")],
@@ -523,6 +554,8 @@ mod tests {
         for bad in [
             "trusted_proxies = [\"10.0.0.0/33\"]\n",
             "trusted_proxies = [\"lb\"]\n",
+            "trusted_proxies = [\"10.1.2.3/8\"]\n",
+            "trusted_proxies = [\"0.0.0.0/0\"]\n",
         ] {
             let err = load(bad, &[], Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("trusted_proxies"), "{err}");

@@ -387,12 +387,14 @@ impl SledLog {
                 return round.finish(Err(e), 0);
             }
             let (batch, target) = self.take_pending();
+            // Failed until known otherwise: should this round's write never run or never
+            // finish (a runtime dropping the blocking task, a panic), the next round must not
+            // take the batch for written.
+            *gate = Some(format!("the write up to seq {target} did not complete"));
             let db = self.db.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let result = write_and_flush(&db, batch).map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    *gate = Some(e.clone());
-                }
+                *gate = result.as_ref().err().cloned();
                 result
             })
             .await
@@ -443,10 +445,9 @@ impl SledLog {
             return round.finish(Err(e), 0);
         }
         let (batch, target) = self.take_pending();
+        *gate = Some(format!("the write up to seq {target} did not complete"));
         let result = write_and_flush(&self.db, batch).map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            *gate = Some(e.clone());
-        }
+        *gate = result.as_ref().err().cloned();
         round.finish(result, target)
     }
 

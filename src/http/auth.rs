@@ -71,14 +71,15 @@ pub fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpN
     if !is_trusted(peer) {
         return peer;
     }
-    let hops: Vec<&str> = headers
+    // Split as bytes: a client's non-ASCII entry must not hide the entry its proxy appended
+    // to the same line.
+    let hops: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .collect();
     let mut client = peer;
     for hop in hops.iter().rev() {
+        let hop = std::str::from_utf8(hop).unwrap_or("").trim();
         let parsed = hop
             .parse::<IpAddr>()
             .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()));
@@ -360,6 +361,16 @@ mod tests {
             ("10.0.0.2", &["198.51.100.1, unknown"], "10.0.0.2"),
             ("10.0.0.2", &["unknown, 10.9.9.9"], "10.9.9.9"),
         ];
+        // Bytes that are not ASCII in a client's entry do not hide what the proxy appended.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_bytes("é, 198.51.100.1".as_bytes()).unwrap(),
+        );
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), &h, &trusted),
+            ip("198.51.100.1")
+        );
         for (peer, headers, want) in cases {
             assert_eq!(
                 forwarded_client(ip(peer), &xff(headers), &trusted),

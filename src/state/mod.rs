@@ -391,6 +391,7 @@ impl State {
             users,
             records,
             sessions,
+            session_expiry: d.session_expiry.iter().copied().collect(),
         }
     }
 }
@@ -403,4 +404,5 @@ pub struct Snapshot {
     pub users: Vec<UserView>,
     pub records: Vec<TokenRecord>,
     pub sessions: Vec<(TokenHash, Session)>,
+    pub session_expiry: Vec<(DateTime<Utc>, TokenHash)>,
 }
