@@ -229,19 +229,23 @@ fn small_records_are_merged_and_every_event_stays_in_place() {
     assert_eq!(log.replay_into(&state).unwrap(), 3001);
 }
 
+/// A log of two legacy records (one JSON envelope each), as written before the binary form.
+fn legacy_log(dir: &std::path::Path) -> Vec<Envelope> {
+    let old = Envelope::numbered(vec![event(0), event(1)], 0, "n1", chrono::Utc::now());
+    let log = SledLog::open(dir).unwrap();
+    for env in &old {
+        log.insert_raw_for_tests(env.seq, &json_record(env))
+            .unwrap();
+    }
+    log.flush_blocking().unwrap();
+    old
+}
+
 #[test]
 fn a_log_of_legacy_json_records_is_still_read_and_appended_to() {
     let dir = tempfile::tempdir().unwrap();
     let now = chrono::Utc::now();
-    let old: Vec<Envelope> = Envelope::numbered(vec![event(0), event(1)], 0, "n1", now);
-    {
-        let log = SledLog::open(dir.path()).unwrap();
-        for env in &old {
-            log.insert_raw_for_tests(env.seq, &json_record(env))
-                .unwrap();
-        }
-        log.flush_blocking().unwrap();
-    }
+    let old = legacy_log(dir.path());
     let log = SledLog::open(dir.path()).unwrap();
     assert_eq!(log.last_seq(), 2);
     let new = log.append(vec![event(2)], "n1", now).unwrap();
@@ -319,16 +323,7 @@ fn small_records_left_by_a_previous_process_are_merged_too() {
 #[test]
 fn merging_starts_after_legacy_records() {
     let dir = tempfile::tempdir().unwrap();
-    let now = chrono::Utc::now();
-    let old: Vec<Envelope> = Envelope::numbered(vec![event(0), event(1)], 0, "n1", now);
-    {
-        let log = SledLog::open(dir.path()).unwrap();
-        for env in &old {
-            log.insert_raw_for_tests(env.seq, &json_record(env))
-                .unwrap();
-        }
-        log.flush_blocking().unwrap();
-    }
+    let old = legacy_log(dir.path());
     let log = SledLog::open(dir.path()).unwrap();
     let new = rounds(&log, 110);
     assert!(log.record_count_for_tests() < 20);
