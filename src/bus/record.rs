@@ -98,7 +98,7 @@ pub(super) struct Reader {
     next_seq: u64,
     /// Events not yet read.
     left: u32,
-    /// Offset of the next event (batch records).
+    /// Offset of the next event (batch records only).
     offset: usize,
     legacy: bool,
 }
@@ -159,7 +159,6 @@ impl Reader {
         self.left -= 1;
         self.next_seq += 1;
         if self.legacy {
-            self.offset = self.value.len();
             return Some(Ok((seq, &self.value[4..])));
         }
         let corrupt = |reason: &str| LogError::Corrupt {

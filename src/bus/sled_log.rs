@@ -120,9 +120,7 @@ impl Tail {
         *self = Tail::default();
         batch
     }
-}
 
-impl Tail {
     /// The small records a previous process left at the end of the log, so that they are
     /// merged too: trailing batch records, contiguous, together under the merge thresholds.
     /// Stops at a legacy or large record.
@@ -223,11 +221,19 @@ fn seq_of(k: &[u8], near: u64) -> Result<u64, LogError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// Applies `batch` and flushes. Blocking.
-fn write_and_flush(db: &sled::Db, batch: sled::Batch) -> Result<(), sled::Error> {
-    db.apply_batch(batch)?;
-    db.flush()?;
-    Ok(())
+/// Applies `batch` and flushes, then records the outcome in the write gate (`gate`, see
+/// [`SledLog::writing`]). Blocking.
+fn write_and_flush(
+    db: &sled::Db,
+    batch: sled::Batch,
+    gate: &mut Option<String>,
+) -> Result<(), String> {
+    let result = db
+        .apply_batch(batch)
+        .and_then(|()| db.flush().map(drop))
+        .map_err(|e| e.to_string());
+    *gate = result.as_ref().err().cloned();
+    result
 }
 
 impl SledLog {
@@ -302,6 +308,14 @@ impl SledLog {
         self.commit.state.lock().failed.clone()
     }
 
+    /// A failed log takes nothing more (fail-stop, so no gap can follow).
+    fn refuse_if_failed(&self) -> Result<(), LogError> {
+        match &self.commit.state.lock().failed {
+            Some(reason) => Err(LogError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// How many flushes the log has made: with group commit, far fewer than appends.
     pub fn flush_count(&self) -> u64 {
         self.commit.flushes.load(Ordering::Relaxed)
@@ -315,9 +329,7 @@ impl SledLog {
         node_id: &str,
         at: DateTime<Utc>,
     ) -> Result<Vec<Envelope>, LogError> {
-        if let Some(reason) = &self.commit.state.lock().failed {
-            return Err(LogError::Failed(reason.clone()));
-        }
+        self.refuse_if_failed()?;
         let mut q = self.queue.lock();
         let envs = Envelope::numbered(events, q.last_assigned, node_id, at);
         // Encode all before taking any: a failure leaves the queue as it was.
@@ -336,9 +348,7 @@ impl SledLog {
     /// Queues an envelope numbered elsewhere (cluster mode: by the stream), which must
     /// follow the last one. Not durable until [`SledLog::wait_durable`] returns for it.
     pub fn mirror(&self, env: &Envelope) -> Result<(), LogError> {
-        if let Some(reason) = &self.commit.state.lock().failed {
-            return Err(LogError::Failed(reason.clone()));
-        }
+        self.refuse_if_failed()?;
         let mut q = self.queue.lock();
         if env.seq != q.last_assigned + 1 {
             return Err(LogError::Gap {
@@ -383,37 +393,37 @@ impl SledLog {
             // covers them too.
             tokio::task::yield_now().await;
             let mut gate = self.writing.clone().lock_owned().await;
-            if let Some(e) = gate.clone() {
-                return round.finish(Err(e), 0);
-            }
-            let (batch, target) = self.take_pending();
-            // Failed until known otherwise: should this round's write never run or never
-            // finish (a runtime dropping the blocking task, a panic), the next round must not
-            // take the batch for written.
-            *gate = Some(format!("the write up to seq {target} did not complete"));
+            let (batch, target) = match self.take_pending(&mut gate) {
+                Ok(taken) => taken,
+                Err(e) => return round.finish(Err(e), 0),
+            };
             let db = self.db.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let result = write_and_flush(&db, batch).map_err(|e| e.to_string());
-                *gate = result.as_ref().err().cloned();
-                result
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
+            let result =
+                tokio::task::spawn_blocking(move || write_and_flush(&db, batch, &mut gate))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
             round.finish(result, target)?;
         }
     }
 
     /// Takes what is queued: the sled batch that writes it (see [`Tail::write`]) and how far
-    /// the log is durable once that batch is flushed. Only the leader, holding the write
-    /// gate, calls this.
-    fn take_pending(&self) -> (sled::Batch, u64) {
+    /// the log is durable once that batch is flushed; or the error of an earlier write that
+    /// its round could not record. Only the leader calls this, holding the write gate
+    /// (`gate`), which from here says failed until [`write_and_flush`] records otherwise:
+    /// should the write never run or never finish (a runtime dropping the blocking task, a
+    /// panic), the next round must not take the batch for written.
+    fn take_pending(&self, gate: &mut Option<String>) -> Result<(sled::Batch, u64), String> {
+        if let Some(e) = gate.clone() {
+            return Err(e);
+        }
         let mut q = self.queue.lock();
         let pending = std::mem::take(&mut q.pending);
         if !pending.is_empty() {
             q.taken = pending.last();
         }
-        (self.tail.lock().write(pending), q.taken)
+        *gate = Some(format!("the write up to seq {} did not complete", q.taken));
+        Ok((self.tail.lock().write(pending), q.taken))
     }
 
     /// Writes and flushes everything queued, synchronously (tools, tests). Takes the leader's
@@ -441,13 +451,11 @@ impl SledLog {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
             }
         };
-        if let Some(e) = gate.clone() {
-            return round.finish(Err(e), 0);
-        }
-        let (batch, target) = self.take_pending();
-        *gate = Some(format!("the write up to seq {target} did not complete"));
-        let result = write_and_flush(&self.db, batch).map_err(|e| e.to_string());
-        *gate = result.as_ref().err().cloned();
+        let (batch, target) = match self.take_pending(&mut gate) {
+            Ok(taken) => taken,
+            Err(e) => return round.finish(Err(e), 0),
+        };
+        let result = write_and_flush(&self.db, batch, &mut gate);
         round.finish(result, target)
     }
 
@@ -579,55 +587,43 @@ impl Scan<'_> {
         Ok(true)
     }
 
-    fn step(&mut self) -> Option<Result<Envelope, LogError>> {
+    /// The next event; `None` at the end of the log.
+    fn step(&mut self) -> Result<Option<Envelope>, LogError> {
         loop {
             if let Some(reader) = &mut self.record {
                 if let Some(next) = reader.next_event(&self.upcasters) {
                     self.expected += 1;
-                    return Some(next);
+                    return next.map(Some);
                 }
                 self.record = None;
             }
-            let (k, v) = match self.iter.next() {
-                None => {
-                    return match self.reseek() {
-                        Ok(true) => continue,
-                        Ok(false) => None,
-                        Err(e) => Some(Err(e)),
-                    }
-                }
-                Some(Err(e)) => return Some(Err(e.into())),
-                Some(Ok(kv)) => kv,
+            let Some(item) = self.iter.next() else {
+                return match self.reseek()? {
+                    true => continue,
+                    false => Ok(None),
+                };
             };
-            let first = match seq_of(&k, self.expected) {
-                Ok(first) => first,
-                Err(e) => return Some(Err(e)),
-            };
+            let (k, v) = item?;
+            let first = seq_of(&k, self.expected)?;
             if first < self.expected {
-                return Some(Err(LogError::Corrupt {
+                return Err(LogError::Corrupt {
                     seq: first,
                     reason: format!(
                         "record overlaps the one before it, which ends at seq {}",
                         self.expected - 1
                     ),
-                }));
+                });
             }
             if first > self.expected {
-                match self.reseek() {
-                    Ok(true) => continue,
-                    Ok(false) => {
-                        return Some(Err(LogError::Gap {
-                            expected: self.expected,
-                            found: first,
-                        }))
-                    }
-                    Err(e) => return Some(Err(e)),
+                if self.reseek()? {
+                    continue;
                 }
+                return Err(LogError::Gap {
+                    expected: self.expected,
+                    found: first,
+                });
             }
-            match Reader::open(first, v) {
-                Ok(reader) => self.record = Some(reader),
-                Err(e) => return Some(Err(e)),
-            }
+            self.record = Some(Reader::open(first, v)?);
         }
     }
 }
@@ -639,7 +635,7 @@ impl Iterator for Scan<'_> {
         if let Some(failed) = &mut self.failed {
             return failed.take().map(Err);
         }
-        let item = self.step();
+        let item = self.step().transpose();
         if matches!(item, Some(Err(_))) {
             self.failed = Some(None);
         }
