@@ -186,5 +186,6 @@ fn the_binary_form_of_every_fixture_is_pinned() {
         );
         let back = Envelope::decode_binary(&pinned, env.seq, &Upcasters::builtin()).unwrap();
         assert_eq!(back, env, "{kind}");
+        assert!(bin.len() < env.to_json().len(), "{kind}: binary is smaller");
     }
 }
