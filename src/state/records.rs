@@ -70,12 +70,13 @@ impl TokenRecords {
         self.by_id.reserve(n);
     }
 
+    /// One record per id.
     pub fn len(&self) -> usize {
-        self.chunks.iter().map(Vec::len).sum()
+        self.by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.by_id.is_empty()
     }
 
     pub fn get(&self, id: &TokenId) -> Option<&TokenRecord> {
