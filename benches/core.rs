@@ -270,5 +270,29 @@ fn append(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, verify, replay, append);
+/// Cluster mode's cost per message: the publishing node signs it, every node checks it.
+fn signing(c: &mut Criterion) {
+    use snaptrack_auth::signing::{Signer, Verifier};
+    let signer = Signer::generate();
+    let verifier = Verifier::new(&signer, &[Signer::generate().public_key().to_owned()]).unwrap();
+    let (_, token) = state_with_tokens(1);
+    let env = envelope(42, issued(token.hash(), 1));
+    let payload = env.to_json();
+    let subject = snaptrack_auth::bus::subject(env.event.kind());
+    let header = signer.sign(&subject, &payload);
+    let mut g = c.benchmark_group("signing");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sign_one_event", |b| {
+        b.iter(|| black_box(signer.sign(black_box(&subject), black_box(&payload))))
+    });
+    g.bench_function("verify_one_event", |b| {
+        b.iter(|| {
+            black_box(verifier.verify(black_box(&subject), black_box(&payload), Some(&header)))
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, verify, replay, append, signing);
 criterion_main!(benches);

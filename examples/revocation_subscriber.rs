@@ -1,29 +1,61 @@
-//! Prints token revocations as they happen, from any node of a cluster.
+//! Prints token revocations as they happen, from any node of a cluster, and checks that a
+//! trusted node signed each one.
 //!
 //! ```text
-//! cargo run --example revocation_subscriber -- [NATS_URL] [--from-start]
+//! SNAPTRACK_AUTH_TRUSTED_KEYS=UA…,UB…  NATS_USER=snaptrack-subscriber NATS_PASSWORD=… \
+//!   cargo run --example revocation_subscriber -- [NATS_URL] [--from-start] [--count N]
 //! ```
 //!
 //! It reads the JetStream stream `SNAPTRACK_AUTH` through an ordered consumer filtered to
 //! `snaptrack.auth.v1.token.revoked`: only events the stream stored, each once, in order. With
-//! `--from-start` it first prints every revocation in the stream's history. (A plain NATS
-//! subscription to the subject works too, but also sees publishes that the stream refused
-//! because another node appended first; the node then validates again and publishes anew.)
+//! `--from-start` it first prints every revocation in the stream's history; with `--count N`
+//! it stops after N messages. (A plain NATS subscription to the subject works too, but also
+//! sees publishes that the stream refused because another node appended first; the node
+//! then validates again and publishes anew.)
+//!
+//! With the nodes' public keys in `SNAPTRACK_AUTH_TRUSTED_KEYS` (comma-separated; each node
+//! prints its own at start-up, `snaptrack-auth keygen` printed it when the key was made),
+//! every message is checked as the nodes check it: the Ed25519 signature in its
+//! `Snaptrack-Signature` header, over its subject, a newline and its payload, by a trusted
+//! key, for the stream position it landed at. Anything else is reported as `REJECTED` and
+//! not believed. Credentials come from the environment, never the command line.
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
+use snaptrack_auth::signing::{Verifier, HEADER};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let from_start = args.iter().any(|a| a == "--from-start");
+    let count: Option<usize> = args
+        .iter()
+        .position(|a| a == "--count")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse())
+        .transpose()?;
     let url = args
         .iter()
-        .find(|a| !a.starts_with("--"))
-        .cloned()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--count"))
+        .map(|(_, a)| a.clone())
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let trusted: Vec<String> = std::env::var("SNAPTRACK_AUTH_TRUSTED_KEYS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let verifier = (!trusted.is_empty())
+        .then(|| Verifier::from_keys(&trusted))
+        .transpose()?;
 
-    let client = async_nats::connect(&url).await?;
+    let mut options = async_nats::ConnectOptions::new();
+    if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
+        options = options.user_and_password(user, password);
+    }
+    let client = options.connect(&url).await?;
     let js = jetstream::new(client);
     let stream = js.get_stream("SNAPTRACK_AUTH").await?;
     let consumer = stream
@@ -37,21 +69,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         })
         .await?;
-    eprintln!("listening for revocations on {url}");
+    eprintln!(
+        "listening for revocations on {url}{}",
+        if verifier.is_some() {
+            " (checking signatures)"
+        } else {
+            " (signatures NOT checked)"
+        }
+    );
     let mut messages = consumer.messages().await?;
+    let mut seen = 0;
     while let Some(msg) = messages.next().await {
         let msg = msg?;
+        seen += 1;
+        let position = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let signature = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER))
+            .map(|v| v.as_str());
         // The envelope: {"event_id", "seq", "occurred_at", "node_id", "type", "version", "data"}.
-        let env: serde_json::Value = serde_json::from_slice(&msg.payload)?;
-        println!(
-            "{} seq {} token {} of user {} revoked on node {} ({})",
-            env["occurred_at"].as_str().unwrap_or("?"),
-            env["seq"],
-            env["data"]["token_id"].as_str().unwrap_or("?"),
-            env["data"]["user_id"],
-            env["node_id"].as_str().unwrap_or("?"),
-            env["data"]["reason"].as_str().unwrap_or("?"),
-        );
+        let env = serde_json::from_slice::<serde_json::Value>(&msg.payload);
+        let checked = match (&verifier, &env) {
+            (None, _) => Ok("unchecked".to_owned()),
+            (Some(v), env) => v
+                .verify(msg.subject.as_str(), &msg.payload, signature)
+                .map_err(|e| e.to_string())
+                .and_then(|key| match env {
+                    Ok(env) if env["seq"].as_u64() == Some(position) => {
+                        Ok(format!("signed by {key}"))
+                    }
+                    _ => Err(format!("signed for another position than {position}")),
+                }),
+        };
+        match (checked, env) {
+            (Ok(by), Ok(env)) => println!(
+                "{} seq {} token {} of user {} revoked on node {} ({}); {by}",
+                env["occurred_at"].as_str().unwrap_or("?"),
+                env["seq"],
+                env["data"]["token_id"].as_str().unwrap_or("?"),
+                env["data"]["user_id"],
+                env["node_id"].as_str().unwrap_or("?"),
+                env["data"]["reason"].as_str().unwrap_or("?"),
+            ),
+            (Err(why), _) => println!("REJECTED stream seq {position}: {why}"),
+            (Ok(_), Err(e)) => println!("REJECTED stream seq {position}: not an event ({e})"),
+        }
+        if count == Some(seen) {
+            break;
+        }
     }
     Ok(())
 }

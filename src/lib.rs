@@ -17,6 +17,8 @@
 //! - [`cluster`]: what a node knows of the cluster: applied sequences, live peers,
 //!   freshness, the coalesced catch-up; the revocation barrier.
 //! - [`http`]: routes, the Bearer check, the error table, the dashboard and admin APIs.
+//! - [`signing`]: Ed25519 signatures over every message a node puts on NATS, and the keys
+//!   a node trusts (cluster mode: the stream is a trust boundary).
 //! - [`config`]: layered, typed settings. [`replay`]: the audit log on the command line.
 //!   [`client`]: `test-token`'s call to `GET /test`.
 //!
@@ -46,4 +48,5 @@ pub mod domain;
 pub mod event;
 pub mod http;
 pub mod replay;
+pub mod signing;
 pub mod state;

@@ -32,6 +32,15 @@ enum Cmd {
     Replay(ReplayArgs),
     /// Check SNAPTRACK_API_TOKEN against SNAPTRACK_API_URL's GET /test.
     TestToken,
+    /// Write a new Ed25519 signing key for a cluster node and print its public key.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// Where to write the private key (created with mode 0600; never overwritten).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -87,6 +96,12 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The NATS client traces every protocol operation, its CONNECT with the credentials
+    // among them: never below debug, whatever RUST_LOG asks.
+    let filter = match "async_nats::connection=debug".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -183,6 +198,16 @@ fn test_token() -> ExitCode {
     }
 }
 
+fn keygen(a: KeygenArgs) -> ExitCode {
+    match snaptrack_auth::signing::Signer::write_new(&a.out) {
+        Ok(signer) => {
+            println!("{}", signer.public_key());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -196,5 +221,6 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve(a),
         Cmd::Replay(a) => replay_cmd(a),
         Cmd::TestToken => test_token(),
+        Cmd::Keygen(a) => keygen(a),
     }
 }

@@ -4,7 +4,8 @@
 //!   applies each event to the projections: the "apply" flow for own and others' events
 //!   alike. It resumes from the local log's last sequence, skips redeliveries, and on a gap
 //!   starts a new consumer from the first missing sequence, so no event is applied twice or
-//!   out of order.
+//!   out of order. A message that no trusted key signed for its position is never applied:
+//!   it is passed over (and marked so in the local log), counted, and the node serves on.
 //! - The announcer says on `snaptrack.auth.nodes` how far this node has applied, hears the
 //!   others, and checks every interval that the node is caught up (bounded staleness).
 //!
@@ -14,6 +15,7 @@
 use crate::bus::SledLog;
 use crate::cluster::{Announcement, Cluster};
 use crate::event::{Envelope, Event};
+use crate::signing::HEADER as SIGNATURE;
 use crate::state::State;
 use async_nats::jetstream;
 use futures_util::StreamExt;
@@ -171,9 +173,28 @@ async fn receive(
         tracing::warn!(expected, found = seq, "gap in the stream; refetching");
         return Received::Reconnect;
     }
+    // Only a trusted node's signature over this subject and these bytes makes a message an
+    // event; anything else on the subjects is someone else's and must not stop the node.
+    let header = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(SIGNATURE))
+        .map(|v| v.as_str());
+    if let Err(why) = cluster
+        .verifier
+        .verify(msg.subject.as_str(), &msg.payload, header)
+    {
+        return pass_over(cluster, state, log, seq, &why.to_string());
+    }
     let env = match Envelope::decode(&msg.payload, seq) {
         Ok(env) if env.seq == seq => env,
-        Ok(env) => return halt(cluster, seq, &format!("envelope says seq {}", env.seq)),
+        // A real event published again: it was signed for another position.
+        Ok(env) => {
+            let reason = format!("signed for seq {}, not for this position", env.seq);
+            return pass_over(cluster, state, log, seq, &reason);
+        }
+        // Signed by a trusted node, yet not readable here (a version from the future): a real
+        // node's event this node cannot apply. Fail closed.
         Err(e) => return halt(cluster, seq, &e.to_string()),
     };
     let revocation = matches!(env.event, Event::TokenRevoked(_));
@@ -189,6 +210,22 @@ async fn receive(
         // The revoking node is waiting for everyone to say they have it.
         cluster.announce(false).await;
     }
+    Received::Applied
+}
+
+/// Skips a message that is not a trusted node's event at `seq`: never applied, marked in the
+/// local log so that a restart passes over it too, counted, and warned about once.
+fn pass_over(cluster: &Cluster, state: &State, log: &SledLog, seq: u64, reason: &str) -> Received {
+    tracing::warn!(seq, reason, "rejected a message on the stream: not applied");
+    cluster.stream_rejected.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = log.mirror_foreign(seq) {
+        state.poison();
+        return halt(cluster, seq, &e.to_string());
+    }
+    if let Err(e) = state.pass_over(seq) {
+        return halt(cluster, seq, &e.to_string());
+    }
+    cluster.applied(seq);
     Received::Applied
 }
 
@@ -224,14 +261,14 @@ async fn announce(cluster: Arc<Cluster>, state: Arc<State>) {
         tokio::select! {
             msg = sub.next() => {
                 let Some(msg) = msg else { return };
-                match serde_json::from_slice::<Announcement>(&msg.payload) {
+                match heard(&cluster, &msg) {
                     Ok(a) => {
                         if let Err(e) = cluster.peers.heard(a, Instant::now()) {
                             tracing::error!(error = %e, "the node fails closed");
                             cluster.halt();
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "ignoring a malformed announcement"),
+                    Err(why) => tracing::debug!(reason = %why, "ignoring an announcement"),
                 }
                 // Each limit is shared by the live nodes (see `RateLimits`).
                 state.rate_limits.set_nodes(cluster.peers.live_count(Instant::now()) as u32);
@@ -253,4 +290,32 @@ async fn announce(cluster: Arc<Cluster>, state: Arc<State>) {
             }
         }
     }
+}
+
+/// The announcement in a presence message, if a trusted node signed it lately.
+fn heard(cluster: &Cluster, msg: &async_nats::Message) -> Result<Announcement, String> {
+    let header = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(SIGNATURE))
+        .map(|v| v.as_str());
+    let checked = cluster
+        .verifier
+        .verify(msg.subject.as_str(), &msg.payload, header)
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            serde_json::from_slice::<Announcement>(&msg.payload).map_err(|e| e.to_string())
+        })
+        .and_then(|a| {
+            let now = chrono::Utc::now().timestamp_millis();
+            if a.is_recent(now, cluster.settings.max_staleness) {
+                Ok(a)
+            } else {
+                Err(format!("sent at {} ms, too long ago", a.sent_at_ms))
+            }
+        });
+    if checked.is_err() {
+        cluster.presence_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    checked
 }

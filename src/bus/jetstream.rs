@@ -1,5 +1,8 @@
+use crate::config::NatsAuth;
 use crate::event::Envelope;
+use crate::signing::{Signer, HEADER as SIGNATURE};
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The stream every node writes to and mirrors.
@@ -35,35 +38,29 @@ pub enum PublishFailure {
 /// `Nats-Expected-Last-Sequence` set to the sequence the writer validated against, so the
 /// stream accepts it only if nothing was appended in between, and the envelope's `seq` is
 /// exactly its stream sequence. `Nats-Msg-Id` is the event id, so a retried publish is
-/// stored once.
+/// stored once. Every message carries this node's signature (`Snaptrack-Signature`), which
+/// the other nodes check before applying it.
 #[derive(Clone)]
 pub struct JetStreamBus {
     client: async_nats::Client,
     js: jetstream::Context,
     replicas: usize,
+    signer: Arc<Signer>,
 }
 
 impl JetStreamBus {
-    /// Connects to `url` (or a comma-separated list of the servers of a NATS cluster).
-    /// Returns at once: the client connects (and later reconnects, to any server of the
-    /// cluster) in the background, and every operation fails with "unavailable" until it has.
-    pub async fn connect(url: &str, node_id: &str, replicas: usize) -> Result<Self, String> {
-        let servers: Vec<async_nats::ServerAddr> = url
-            .split(',')
-            .map(|u| u.trim().parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("bad NATS URL {url:?}: {e}"))?;
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("snaptrack-auth {node_id}"))
-            .retry_on_initial_connect()
-            // Reconnect quickly: while disconnected, commands fail and checks go stale.
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((attempts as u64 * 100).min(1000))
-            })
-            .connection_timeout(Duration::from_secs(2))
-            .connect(servers)
-            .await
-            .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+    /// Connects to `url` (or a comma-separated list of the servers of a NATS cluster), with
+    /// the credentials and TLS of `auth`. Returns at once: the client connects (and later
+    /// reconnects, to any server of the cluster) in the background, and every operation
+    /// fails with "unavailable" until it has.
+    pub async fn connect(
+        url: &str,
+        node_id: &str,
+        replicas: usize,
+        auth: &NatsAuth,
+        signer: Arc<Signer>,
+    ) -> Result<Self, String> {
+        let client = super::connect::connect(url, node_id, auth).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(1))
             .build(client.clone());
@@ -71,12 +68,27 @@ impl JetStreamBus {
             client,
             js,
             replicas,
+            signer,
         })
     }
 
     /// The core NATS client (presence).
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    /// Publishes `payload` on core NATS `subject`, signed (presence).
+    pub async fn publish_signed(
+        &self,
+        subject: &'static str,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(SIGNATURE, self.signer.sign(subject, &payload).as_str());
+        self.client
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Creates the stream unless it exists.
@@ -109,8 +121,12 @@ impl JetStreamBus {
             let mut acks = Vec::with_capacity(chunk.len());
             let mut send_failed = None;
             for env in chunk {
+                let subject = subject(env.event.kind());
+                let payload = env.to_json();
+                let signature = self.signer.sign(&subject, &payload);
                 let mut publish = jetstream::message::PublishMessage::build()
-                    .payload(env.to_json().into())
+                    .header(SIGNATURE, signature.as_str())
+                    .payload(payload.into())
                     .message_id(env.event_id.to_string())
                     .expected_last_sequence(env.seq - 1);
                 // The sequence alone is not enough once publishes are pipelined: if the
@@ -120,11 +136,7 @@ impl JetStreamBus {
                     publish = publish.expected_last_message_id(prev);
                 }
                 previous = Some(env.event_id.to_string());
-                match self
-                    .js
-                    .send_publish(subject(env.event.kind()), publish)
-                    .await
-                {
+                match self.js.send_publish(subject, publish).await {
                     Ok(ack) => acks.push(ack),
                     Err(e) => {
                         send_failed = Some(unavailable(&e));

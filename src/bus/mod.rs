@@ -9,9 +9,11 @@
 //! Owns: the bytes on disk and on the wire. May not touch: the projections (the writer or
 //! the replicator applies; replay reads what is here).
 
+mod connect;
 mod jetstream;
 mod record;
 mod sled_log;
 
 pub use jetstream::{subject, JetStreamBus, PublishFailure, PRESENCE_SUBJECT, STREAM, SUBJECTS};
+pub use record::Entry;
 pub use sled_log::{LogError, SledLog};

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! The binary envelope is [`Envelope::encode_binary`]: the sequence number is the record's
-//! key plus the event's place in it.
+//! key plus the event's place in it. An entry of length 0 holds no event: in cluster mode,
+//! a stream position taken by a message no trusted node signed ([`Entry::Foreign`]). A
+//! binary envelope is never empty, so the two cannot be confused.
 
 use super::LogError;
 use crate::event::{upcast::Upcasters, Envelope};
@@ -19,6 +21,15 @@ use crate::event::{upcast::Upcasters, Envelope};
 const BATCH: u8 = 0xB1;
 /// Bytes before the first event of a batch record: checksum, tag, count.
 const BATCH_HEADER: usize = 9;
+
+/// What one position of the log holds.
+#[derive(Debug)]
+pub enum Entry {
+    Event(Envelope),
+    /// A stream position that holds no event of this service (cluster mode: a message that
+    /// no trusted node signed, skipped and never applied).
+    Foreign(u64),
+}
 
 /// Consecutive events in their binary form, ready to become one record.
 #[derive(Default)]
@@ -42,6 +53,15 @@ impl Events {
         self.bytes.extend_from_slice(&body);
         self.count += 1;
         Ok(())
+    }
+
+    /// Adds a foreign position (see [`Entry::Foreign`]), which must follow the last one.
+    pub fn push_foreign(&mut self, seq: u64) {
+        if self.count == 0 {
+            self.first = seq;
+        }
+        self.bytes.extend_from_slice(&0u32.to_le_bytes());
+        self.count += 1;
     }
 
     /// The events of a batch record, checked (`None` for a legacy record).
@@ -193,8 +213,8 @@ impl Reader {
         Ok(())
     }
 
-    /// Decodes the next event; `None` at the end of the record.
-    pub fn next_event(&mut self, upcasters: &Upcasters) -> Option<Result<Envelope, LogError>> {
+    /// Decodes the next entry; `None` at the end of the record.
+    pub fn next_entry(&mut self, upcasters: &Upcasters) -> Option<Result<Entry, LogError>> {
         let legacy = self.legacy;
         Some(self.take()?.and_then(|(seq, bytes)| {
             if legacy {
@@ -205,9 +225,13 @@ impl Reader {
                         reason: format!("record says seq {}", env.seq),
                     });
                 }
-                Ok(env)
+                Ok(Entry::Event(env))
+            } else if bytes.is_empty() {
+                Ok(Entry::Foreign(seq))
             } else {
-                Ok(Envelope::decode_binary(bytes, seq, upcasters)?)
+                Ok(Entry::Event(Envelope::decode_binary(
+                    bytes, seq, upcasters,
+                )?))
             }
         }))
     }

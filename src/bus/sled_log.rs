@@ -1,4 +1,4 @@
-use super::record::{Events, Reader};
+use super::record::{Entry, Events, Reader};
 use crate::event::{upcast::Upcasters, DecodeError, Envelope, Event};
 use chrono::{DateTime, Utc};
 use std::path::Path;
@@ -364,6 +364,23 @@ impl SledLog {
         Ok(())
     }
 
+    /// Queues a foreign position (cluster mode: a stream message no trusted node signed),
+    /// which must follow the last one, so the log stays contiguous and a restart passes over
+    /// it again without asking the stream.
+    pub fn mirror_foreign(&self, seq: u64) -> Result<(), LogError> {
+        self.refuse_if_failed()?;
+        let mut q = self.queue.lock();
+        if seq != q.last_assigned + 1 {
+            return Err(LogError::Gap {
+                expected: q.last_assigned + 1,
+                found: seq,
+            });
+        }
+        q.pending.push_foreign(seq);
+        q.last_assigned = seq;
+        Ok(())
+    }
+
     /// Returns once everything up to `seq` is written and flushed. Concurrent callers share
     /// the work: one leader writes and flushes all that is queued, the rest wait for it.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), LogError> {
@@ -461,7 +478,18 @@ impl SledLog {
 
     /// Every event from `from` (inclusive) in order, checked: checksums, decoding, and no
     /// gaps. The first problem ends the iteration with an error naming the sequence number.
+    /// Foreign positions (see [`Entry::Foreign`]) are left out.
     pub fn iter_from(&self, from: u64) -> impl Iterator<Item = Result<Envelope, LogError>> + '_ {
+        self.entries_from(from).filter_map(|entry| match entry {
+            Ok(Entry::Event(env)) => Some(Ok(env)),
+            Ok(Entry::Foreign(_)) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    /// Every position from `from` (inclusive) in order, foreign ones included; checked as
+    /// [`SledLog::iter_from`].
+    pub fn entries_from(&self, from: u64) -> impl Iterator<Item = Result<Entry, LogError>> + '_ {
         let expected = from.max(1);
         let mut scan = Scan {
             db: &self.db,
@@ -544,10 +572,14 @@ impl SledLog {
             .unwrap_or(0);
         state.reserve_tokens(hint.min(to_replay) as usize);
         let mut n = 0;
-        for env in self.iter_from(state.applied_seq() + 1) {
-            let env = env?;
-            state.apply_owned(env)?;
-            n += 1;
+        for entry in self.entries_from(state.applied_seq() + 1) {
+            match entry? {
+                Entry::Event(env) => {
+                    state.apply_owned(env)?;
+                    n += 1;
+                }
+                Entry::Foreign(seq) => state.pass_over(seq)?,
+            }
         }
         Ok(n)
     }
@@ -587,11 +619,11 @@ impl Scan<'_> {
         Ok(true)
     }
 
-    /// The next event; `None` at the end of the log.
-    fn step(&mut self) -> Result<Option<Envelope>, LogError> {
+    /// The next entry; `None` at the end of the log.
+    fn step(&mut self) -> Result<Option<Entry>, LogError> {
         loop {
             if let Some(reader) = &mut self.record {
-                if let Some(next) = reader.next_event(&self.upcasters) {
+                if let Some(next) = reader.next_entry(&self.upcasters) {
                     self.expected += 1;
                     return next.map(Some);
                 }
@@ -629,7 +661,7 @@ impl Scan<'_> {
 }
 
 impl Iterator for Scan<'_> {
-    type Item = Result<Envelope, LogError>;
+    type Item = Result<Entry, LogError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(failed) = &mut self.failed {

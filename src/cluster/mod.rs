@@ -13,6 +13,7 @@ pub use presence::{Announcement, DuplicateId, Peers};
 
 use crate::bus::JetStreamBus;
 use crate::config::ClusterSettings;
+use crate::signing::Verifier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +65,12 @@ pub struct Cluster {
     /// Serialises the writer's commands: each is validated against the state that includes
     /// the previous one. A tokio mutex, since it is held across the publish `.await`.
     pub writer_turn: tokio::sync::Mutex<()>,
+    /// The keys whose messages are applied: this node's and `[cluster] trusted_keys`.
+    pub verifier: Verifier,
+    /// Stream messages skipped because no trusted key signed them for their position.
+    pub stream_rejected: AtomicU64,
+    /// Presence messages ignored because no trusted key signed them.
+    pub presence_rejected: AtomicU64,
 }
 
 /// Coalesces catch-up queries: a query in flight serves only the misses that arrived before
@@ -94,6 +101,7 @@ impl Cluster {
         node_id: String,
         settings: ClusterSettings,
         applied: u64,
+        verifier: Verifier,
     ) -> Self {
         let instance = uuid::Uuid::new_v4().to_string();
         Cluster {
@@ -124,6 +132,9 @@ impl Cluster {
                 misses: AtomicU64::new(0),
             },
             writer_turn: tokio::sync::Mutex::new(()),
+            verifier,
+            stream_rejected: AtomicU64::new(0),
+            presence_rejected: AtomicU64::new(0),
         }
     }
 
@@ -296,12 +307,12 @@ impl Cluster {
             instance: self.instance.clone(),
             applied_seq: self.applied_seq(),
             leaving,
+            sent_at_ms: chrono::Utc::now().timestamp_millis(),
         };
         if let Ok(bytes) = serde_json::to_vec(&msg) {
             if let Err(e) = self
                 .bus
-                .client()
-                .publish(crate::bus::PRESENCE_SUBJECT, bytes.into())
+                .publish_signed(crate::bus::PRESENCE_SUBJECT, bytes)
                 .await
             {
                 tracing::debug!(error = %e, "presence not sent");

@@ -14,6 +14,18 @@ pub struct Announcement {
     /// Sent once at graceful shutdown, so others stop counting the node as live at once.
     #[serde(default)]
     pub leaving: bool,
+    /// When it was sent (Unix milliseconds). A signed announcement replayed later, say one of
+    /// a previous process of this node (which would look like a twin and stop it), is older
+    /// than the staleness bound and ignored.
+    #[serde(default)]
+    pub sent_at_ms: i64,
+}
+
+impl Announcement {
+    /// Whether it was sent within `bound` of `now_ms` (clocks of nodes agree far better).
+    pub fn is_recent(&self, now_ms: i64, bound: Duration) -> bool {
+        (now_ms - self.sent_at_ms).unsigned_abs() <= bound.as_millis() as u64
+    }
 }
 
 struct Peer {
@@ -128,6 +140,7 @@ mod tests {
             instance: format!("{id}-1"),
             applied_seq: seq,
             leaving: false,
+            sent_at_ms: 0,
         }
     }
 
@@ -180,6 +193,20 @@ mod tests {
             )
             .unwrap();
         assert_eq!(peers.split_at(1, t), (vec!["b".into()], vec![]));
+    }
+
+    #[test]
+    fn only_recent_announcements_count() {
+        let a = Announcement {
+            sent_at_ms: 10_000,
+            ..ann("b", 1)
+        };
+        let bound = Duration::from_secs(5);
+        assert!(a.is_recent(10_000, bound));
+        assert!(a.is_recent(15_000, bound));
+        assert!(a.is_recent(5_000, bound), "a clock a little behind");
+        assert!(!a.is_recent(15_001, bound), "replayed later");
+        assert!(!ann("b", 1).is_recent(10_000, bound), "no time at all");
     }
 
     #[test]

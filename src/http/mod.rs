@@ -21,6 +21,7 @@ use crate::cluster::Cluster;
 use crate::command::{Command, CommandError};
 use crate::config::Settings;
 use crate::domain::{Email, Password, Tier, UserName};
+use crate::signing::{Signer, Verifier};
 use crate::state::{State, TierTable};
 use actix::{Actor, Addr};
 use actix_web::dev::{Server, ServerHandle, Service};
@@ -187,6 +188,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/metrics").route(web::get().to(ops::metrics)));
 }
 
+/// Cluster mode's keys: the one this node signs with, and the ones whose messages it applies.
+fn load_keys(settings: &Settings) -> Result<(Signer, Verifier), StartError> {
+    let path = settings.trust.signing_key.as_ref().ok_or_else(|| {
+        StartError::Other(
+            "cluster mode needs a signing key: make one with `snaptrack-auth keygen --out PATH`, then set [cluster] signing_key = \"PATH\" (or SNAPTRACK_AUTH_SIGNING_KEY), and list every node's public key in [cluster] trusted_keys".into(),
+        )
+    })?;
+    let signer = Signer::load(path).map_err(|e| StartError::Other(e.to_string()))?;
+    let verifier = Verifier::new(&signer, &settings.trust.trusted_keys)
+        .map_err(|e| StartError::Other(format!("[cluster] trusted_keys: {e}")))?;
+    tracing::info!(
+        public_key = signer.public_key(),
+        trusted = verifier.len(),
+        "stream messages signed and checked"
+    );
+    Ok((signer, verifier))
+}
+
 /// Opens the log in `settings.data` and replays it into a fresh state.
 pub fn open_and_replay(settings: &Settings) -> Result<(Arc<SledLog>, Arc<State>), StartError> {
     let log = Arc::new(SledLog::open(&settings.data)?);
@@ -278,22 +297,34 @@ impl Application {
         listener: TcpListener,
     ) -> Result<Self, StartError> {
         let tls = load_tls(&settings)?;
+        // Before the log is touched: a node without its key must not start at all.
+        let keys = match &settings.nats {
+            Some(url) => Some((url.clone(), load_keys(&settings)?)),
+            None => None,
+        };
         let (log, state) = open_and_replay(&settings)?;
-        let (writer, cluster, tasks) = match &settings.nats {
+        let (writer, cluster, tasks) = match keys {
             None => (
                 Writer::new(state.clone(), log.clone(), settings.node_id.clone()).start(),
                 None,
                 vec![],
             ),
-            Some(url) => {
-                let bus = JetStreamBus::connect(url, &settings.node_id, settings.cluster.replicas)
-                    .await
-                    .map_err(StartError::Nats)?;
+            Some((url, (signer, verifier))) => {
+                let bus = JetStreamBus::connect(
+                    &url,
+                    &settings.node_id,
+                    settings.cluster.replicas,
+                    &settings.nats_auth,
+                    Arc::new(signer),
+                )
+                .await
+                .map_err(StartError::Nats)?;
                 let cluster = Arc::new(Cluster::new(
                     bus,
                     settings.node_id.clone(),
                     settings.cluster,
                     state.applied_seq(),
+                    verifier,
                 ));
                 let tasks = replicator::start(cluster.clone(), state.clone(), log.clone());
                 let writer = Writer::clustered(state.clone(), log.clone(), cluster.clone()).start();

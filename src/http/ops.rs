@@ -82,6 +82,16 @@ pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
                 f64::from(app.state.rate_limits.nodes()),
             ),
             (
+                "snaptrack_stream_rejected_total",
+                "Messages on the stream that no trusted key signed for their position: passed over, never applied.",
+                c.stream_rejected.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "snaptrack_presence_rejected_total",
+                "Presence messages ignored: unsigned, signed by an unknown key, or too old.",
+                c.presence_rejected.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "snaptrack_cluster_fresh",
                 "1 while this node may answer token checks (bounded staleness).",
                 f64::from(u8::from(c.is_fresh())),

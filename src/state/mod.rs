@@ -177,6 +177,21 @@ impl State {
         self.apply_event(env.seq, env.occurred_at, &env.node_id, env.event)
     }
 
+    /// Moves past `seq`, a position of the log that holds no event of this service (cluster
+    /// mode: a message on the stream that no trusted node signed). Same order rule as
+    /// [`State::apply`]; nothing else changes.
+    pub fn pass_over(&self, seq: u64) -> Result<(), ApplyError> {
+        let expected = self.applied_seq() + 1;
+        if seq != expected {
+            return Err(ApplyError {
+                expected,
+                found: seq,
+            });
+        }
+        self.applied_seq.store(seq, Ordering::Release);
+        Ok(())
+    }
+
     fn apply_event(
         &self,
         seq: u64,

@@ -594,10 +594,7 @@ async fn two_processes_with_one_node_id_both_stop_serving() {
     let c = spawn_cluster().await;
     let twin = crate::helpers::spawn_app_with(crate::helpers::Opts {
         config: Some(CLUSTER_CONFIG.into()),
-        env: vec![
-            ("SNAPTRACK_AUTH_NATS_URL".into(), c.nats.url()),
-            ("SNAPTRACK_AUTH_NODE_ID".into(), "a".into()),
-        ],
+        env: c.nats.node_env("a"),
         ..Default::default()
     })
     .await;
@@ -670,6 +667,7 @@ async fn a_node_refuses_a_recreated_stream_and_an_embedded_data_directory() {
             "--data",
         ])
         .arg(&dir)
+        .env("SNAPTRACK_AUTH_SIGNING_KEY", c.nats.keys.path("d"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

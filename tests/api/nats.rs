@@ -12,6 +12,50 @@ pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Arguments besides port and store (`-c FILE` for a configured server).
+    args: Vec<String>,
+    /// Environment of the server (variables its configuration file reads).
+    env: Vec<(String, String)>,
+    /// A signing key per node id of [`ROSTER`], each trusting all the others.
+    pub keys: Keyring,
+}
+
+/// The node ids tests use; each gets a signing key that every node trusts.
+pub const ROSTER: [&str; 6] = ["a", "b", "c", "d", "e", "solo"];
+
+/// Signing keys of the roster's nodes, written under one directory.
+pub struct Keyring {
+    dir: tempfile::TempDir,
+    pub public: Vec<(String, String)>,
+}
+
+impl Keyring {
+    fn new() -> Keyring {
+        let dir = tempfile::tempdir().unwrap();
+        let public = ROSTER
+            .iter()
+            .map(|id| {
+                let signer = snaptrack_auth::signing::Signer::write_new(
+                    &dir.path().join(format!("{id}.nk")),
+                )
+                .unwrap();
+                (id.to_string(), signer.public_key().to_owned())
+            })
+            .collect();
+        Keyring { dir, public }
+    }
+
+    /// The private key file of node `id`.
+    pub fn path(&self, id: &str) -> std::path::PathBuf {
+        assert!(ROSTER.contains(&id), "no key for node id {id:?}");
+        self.dir.path().join(format!("{id}.nk"))
+    }
+
+    /// Every roster key, as `SNAPTRACK_AUTH_TRUSTED_KEYS` takes them.
+    pub fn trusted(&self) -> String {
+        let keys: Vec<&str> = self.public.iter().map(|(_, k)| k.as_str()).collect();
+        keys.join(",")
+    }
 }
 
 fn free_port() -> u16 {
@@ -23,13 +67,70 @@ fn free_port() -> u16 {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        Self::start_with(vec!["-a".into(), "127.0.0.1".into()])
+    }
+
+    /// A server started with these arguments (besides `-js`, the port and the store).
+    pub fn start_with(args: Vec<String>) -> NatsServer {
         let mut s = NatsServer {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            args,
+            env: vec![],
+            keys: Keyring::new(),
         };
         s.run();
         s
+    }
+
+    /// A server run from a configuration file's text, on loopback.
+    pub fn start_with_config(config: &str) -> NatsServer {
+        Self::start_with_config_env(config, &[])
+    }
+
+    /// As [`NatsServer::start_with_config`], with environment variables for the server.
+    pub fn start_with_config_env(config: &str, env: &[(&str, &str)]) -> NatsServer {
+        let mut s = NatsServer {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            args: vec![],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            keys: Keyring::new(),
+        };
+        let path = s.dir.path().join("nats.conf");
+        std::fs::write(&path, config).unwrap();
+        s.args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-c".into(),
+            path.display().to_string(),
+        ];
+        s.run();
+        s
+    }
+
+    /// A file beside the server's store, for configurations that name files.
+    pub fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The environment that makes a node `id` of this cluster: NATS URL, node id, its
+    /// signing key and the roster's keys.
+    pub fn node_env(&self, id: &str) -> Vec<(String, String)> {
+        vec![
+            ("SNAPTRACK_AUTH_NATS_URL".into(), self.url()),
+            ("SNAPTRACK_AUTH_NODE_ID".into(), id.into()),
+            (
+                "SNAPTRACK_AUTH_SIGNING_KEY".into(),
+                self.keys.path(id).display().to_string(),
+            ),
+            ("SNAPTRACK_AUTH_TRUSTED_KEYS".into(), self.keys.trusted()),
+        ]
     }
 
     pub fn url(&self) -> String {
@@ -39,10 +140,13 @@ impl NatsServer {
     /// Starts the server (again) on the same port and store.
     pub fn run(&mut self) {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg("-js")
+            .args(&self.args)
+            .arg("-p")
             .arg(self.port.to_string())
             .arg("-sd")
-            .arg(self.dir.path())
+            .arg(self.dir.path().join("js"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -92,10 +196,7 @@ catchup_timeout_ms = 2000
 pub async fn spawn_node(nats: &NatsServer, id: &str, config: &str) -> TestApp {
     let app = spawn_app_with(Opts {
         config: Some(config.into()),
-        env: vec![
-            ("SNAPTRACK_AUTH_NATS_URL".into(), nats.url()),
-            ("SNAPTRACK_AUTH_NODE_ID".into(), id.into()),
-        ],
+        env: nats.node_env(id),
         ..Default::default()
     })
     .await;

@@ -394,3 +394,60 @@ async fn a_cancelled_group_commit_round_neither_hangs_nor_loses_the_log() {
     let seqs: Vec<u64> = log.iter_from(1).map(|e| e.unwrap().seq).collect();
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
 }
+
+#[test]
+fn foreign_positions_are_kept_passed_over_at_replay_and_survive_merging() {
+    // A mirror log as cluster mode writes it: events and, between them, positions that held
+    // a message no trusted node signed.
+    let core = Core::new();
+    let now = chrono::Utc::now();
+    let mut events = Vec::new();
+    let mut foreign = Vec::new();
+    for seq in 1..=2100u64 {
+        if seq % 7 == 3 {
+            core.log.mirror_foreign(seq).unwrap();
+            foreign.push(seq);
+        } else {
+            let env = Envelope::numbered(vec![event(seq)], seq - 1, "n1", now).remove(0);
+            core.log.mirror(&env).unwrap();
+            events.push(env);
+        }
+        if seq % 10 == 0 {
+            core.log.flush_blocking().unwrap();
+        }
+    }
+    core.log.flush_blocking().unwrap();
+    assert!(
+        core.log.record_count_for_tests() < 210,
+        "small records merged"
+    );
+    // Out of order is refused, like an event.
+    assert!(core.log.mirror_foreign(2102).is_err());
+    let seen: Vec<Envelope> = core.log.iter_from(1).map(|e| e.unwrap()).collect();
+    assert_eq!(seen, events, "the audit view leaves foreign positions out");
+    let marked: Vec<u64> = core
+        .log
+        .entries_from(1)
+        .filter_map(|e| match e.unwrap() {
+            snaptrack_auth::bus::Entry::Foreign(seq) => Some(seq),
+            snaptrack_auth::bus::Entry::Event(_) => None,
+        })
+        .collect();
+    assert_eq!(marked, foreign);
+    // Replay passes over them: the state reaches the last position, having applied only
+    // the events.
+    let state = snaptrack_auth::state::State::new("n1");
+    assert_eq!(core.log.replay_into(&state).unwrap(), events.len() as u64);
+    assert_eq!(state.applied_seq(), 2100);
+    // Reopened, the log still ends at the last position and the next one follows it.
+    let dir = core.dir;
+    drop(core.writer);
+    drop(core.log);
+    let log = SledLog::open(dir.path()).unwrap();
+    assert_eq!(log.last_seq(), 2100);
+    log.mirror_foreign(2101).unwrap();
+    log.flush_blocking().unwrap();
+    let state = snaptrack_auth::state::State::new("n1");
+    log.replay_into(&state).unwrap();
+    assert_eq!(state.applied_seq(), 2101);
+}

@@ -2,6 +2,10 @@
 //! command-line flags. Every key of the file is optional; a file that sets only
 //! `[tiers.pro]` keeps the defaults for everything else.
 
+mod cluster;
+
+pub use cluster::{redact_url, ClusterSettings, NatsAuth, Secret, StreamTrust};
+
 use crate::domain::Tier;
 use crate::state::TierTable;
 use serde::Deserialize;
@@ -38,37 +42,6 @@ pub struct Throttle {
     pub login_window_secs: u32,
 }
 
-/// Cluster mode's timing (ignored in embedded mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClusterSettings {
-    /// A node that has not confirmed it is caught up with the stream for this long answers
-    /// token checks with 503: the bound on how long a cut-off node can serve a revoked token.
-    pub max_staleness: Duration,
-    /// How often a node announces its applied sequence on `snaptrack.auth.nodes` (it also
-    /// announces at once after applying a revocation). A node unheard for three intervals
-    /// is no longer live.
-    pub presence_interval: Duration,
-    /// How long a revoke waits for every live node to apply it before answering with the
-    /// laggards in `pending`.
-    pub revoke_wait: Duration,
-    /// How long a token check that misses waits for the node to catch up with the stream.
-    pub catchup_timeout: Duration,
-    /// Replicas of the JetStream stream when this node creates it (3 on a NATS cluster).
-    pub replicas: usize,
-}
-
-impl Default for ClusterSettings {
-    fn default() -> Self {
-        ClusterSettings {
-            max_staleness: Duration::from_secs(5),
-            presence_interval: Duration::from_millis(200),
-            revoke_wait: Duration::from_secs(2),
-            catchup_timeout: Duration::from_secs(1),
-            replicas: 1,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub cert: PathBuf,
@@ -92,6 +65,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub tls: Option<TlsSettings>,
     pub cluster: ClusterSettings,
+    /// Cluster mode: the signing key and the keys trusted on the stream.
+    pub trust: StreamTrust,
+    /// Cluster mode: credentials and TLS for NATS.
+    pub nats_auth: NatsAuth,
     pub demo: bool,
     /// HTTP worker threads; `None` means one per physical core.
     pub workers: Option<usize>,
@@ -106,7 +83,7 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
             .field("data", &self.data)
-            .field("nats", &self.nats)
+            .field("nats", &self.nats.as_deref().map(redact_url))
             .field("node_id", &self.node_id)
             .field(
                 "admin_token",
@@ -119,6 +96,8 @@ impl std::fmt::Debug for Settings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("tls", &self.tls)
             .field("cluster", &self.cluster)
+            .field("trust", &self.trust)
+            .field("nats_auth", &self.nats_auth)
             .field("demo", &self.demo)
             .field("workers", &self.workers)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -160,6 +139,8 @@ impl Default for Settings {
             max_body_bytes: 16 * 1024,
             tls: None,
             cluster: ClusterSettings::default(),
+            trust: StreamTrust::default(),
+            nats_auth: NatsAuth::default(),
             demo: false,
             workers: None,
             trusted_proxies: Vec::new(),
@@ -185,17 +166,7 @@ struct FileConfig {
     throttle: FileThrottle,
     tls: Option<FileTls>,
     #[serde(default)]
-    cluster: FileCluster,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileCluster {
-    max_staleness_ms: Option<u64>,
-    presence_interval_ms: Option<u64>,
-    revoke_wait_ms: Option<u64>,
-    catchup_timeout_ms: Option<u64>,
-    replicas: Option<usize>,
+    cluster: cluster::FileCluster,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +294,7 @@ impl Settings {
             let items: Vec<&str> = list.split(',').filter(|p| !p.trim().is_empty()).collect();
             s.trusted_proxies = parse_proxies(&items)?;
         }
+        cluster::apply_env(&env, &mut s.trust, &mut s.nats_auth);
         s.admin_token = env("SNAPTRACK_ADMIN_TOKEN").filter(|t| !t.is_empty());
         set(&mut s.listen, o.listen.clone());
         set(&mut s.data, o.data.clone());
@@ -379,19 +351,15 @@ impl Settings {
         set(&mut self.throttle.auth_window_secs, th.auth_window_secs);
         set(&mut self.throttle.login_failures, th.login_failures);
         set(&mut self.throttle.login_window_secs, th.login_window_secs);
-        let c = f.cluster;
-        let ms = |v: Option<u64>| v.map(Duration::from_millis);
-        set(&mut self.cluster.max_staleness, ms(c.max_staleness_ms));
-        set(
-            &mut self.cluster.presence_interval,
-            ms(c.presence_interval_ms),
+        let base = path.parent().unwrap_or(Path::new("."));
+        f.cluster.apply(
+            base,
+            &mut self.cluster,
+            &mut self.trust,
+            &mut self.nats_auth,
         );
-        set(&mut self.cluster.revoke_wait, ms(c.revoke_wait_ms));
-        set(&mut self.cluster.catchup_timeout, ms(c.catchup_timeout_ms));
-        set(&mut self.cluster.replicas, c.replicas);
         if let Some(tls) = f.tls {
             // Relative paths are relative to the config file, as users expect.
-            let base = path.parent().unwrap_or(Path::new("."));
             self.tls = Some(TlsSettings {
                 cert: base.join(tls.cert),
                 key: base.join(tls.key),
@@ -430,27 +398,7 @@ impl Settings {
         {
             return bad("node_id", "must be letters, digits, '-' or '_'");
         }
-        if let Some(url) = &self.nats {
-            for server in url.split(',') {
-                if let Err(e) = server.trim().parse::<async_nats::ServerAddr>() {
-                    return bad("nats", &format!("{server:?} is not a NATS URL: {e}"));
-                }
-            }
-        }
-        let c = &self.cluster;
-        if c.max_staleness.is_zero() || c.presence_interval.is_zero() || c.catchup_timeout.is_zero()
-        {
-            return bad("cluster", "durations must be positive");
-        }
-        if c.max_staleness <= c.presence_interval {
-            return bad(
-                "cluster.max_staleness_ms",
-                "must be longer than presence_interval_ms",
-            );
-        }
-        if !(1..=5).contains(&c.replicas) {
-            return bad("cluster.replicas", "must be between 1 and 5");
-        }
+        cluster::check(self.nats.as_deref(), &self.cluster, &self.nats_auth)?;
         if self.workers == Some(0) {
             return bad("workers", "must be positive");
         }

@@ -1,0 +1,299 @@
+//! Who may write the stream: Ed25519 signatures over every message a node publishes.
+//!
+//! Keys are NATS nkeys (the `nkeys` crate, which async-nats already uses; `nk` can make and
+//! read them): a private key is a seed (`SU…`), a public key is `U…`. A message's signature
+//! covers its subject and its exact payload:
+//!
+//! ```text
+//! signed bytes:        subject | "\n" | payload          (a NATS subject holds no newline)
+//! Snaptrack-Signature: <signer's public key> <Ed25519 signature, 128 hex digits>
+//! ```
+//!
+//! The payload does not change (the event JSON of `events/`), so subscribers that do not
+//! care keep reading it as before, and those that do verify with the public keys alone.
+//!
+//! Owns: making keys, signing, checking against the trusted keys. May not touch: what a
+//! message means (the replicator decides what an unsigned message does).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+/// The header that carries a message's signature.
+pub const HEADER: &str = "Snaptrack-Signature";
+
+/// Why a message's signature was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("unsigned")]
+    Unsigned,
+    #[error("malformed signature header")]
+    Malformed,
+    #[error("signed by an unknown key {0}")]
+    UnknownKey(String),
+    #[error("bad signature (key {0})")]
+    BadSignature(String),
+}
+
+/// Why a key could not be made or read. The messages never hold key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path} already exists; refusing to overwrite a key")]
+    Exists { path: String },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: String, reason: String },
+    #[error("cannot read the signing key {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("the signing key {path} is not an nkey seed (make one with `snaptrack-auth keygen --out PATH`)")]
+    NotASeed { path: String },
+    #[error("trusted key {0:?} is not an nkey public key")]
+    NotAPublicKey(String),
+}
+
+/// The bytes a signature covers.
+fn signed_bytes(subject: &str, payload: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(subject.len() + 1 + payload.len());
+    input.extend_from_slice(subject.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(payload);
+    input
+}
+
+/// This node's private key. `Debug` shows the public key only.
+pub struct Signer {
+    pair: nkeys::KeyPair,
+    public: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// A new random key.
+    pub fn generate() -> Signer {
+        Self::from_pair(nkeys::KeyPair::new_user())
+    }
+
+    fn from_pair(pair: nkeys::KeyPair) -> Signer {
+        let public = pair.public_key();
+        Signer { pair, public }
+    }
+
+    /// Reads a seed written by [`Signer::write_new`] (or `nk -gen user`).
+    pub fn load(path: &Path) -> Result<Signer, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let seed = text.trim();
+        nkeys::KeyPair::from_seed(seed)
+            .ok()
+            .filter(|p| p.seed().is_ok())
+            .map(Self::from_pair)
+            .ok_or_else(|| KeyError::NotASeed {
+                path: path.display().to_string(),
+            })
+    }
+
+    /// Makes a new key and writes its seed to `path`, readable by its owner only; an
+    /// existing file is never overwritten. Returns the signer (its public key to print).
+    pub fn write_new(path: &Path) -> Result<Signer, KeyError> {
+        let signer = Self::generate();
+        let write_err = |reason: String| KeyError::Write {
+            path: path.display().to_string(),
+            reason,
+        };
+        let seed = signer.pair.seed().map_err(|e| write_err(e.to_string()))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists {
+                    path: path.display().to_string(),
+                }
+            } else {
+                write_err(e.to_string())
+            }
+        })?;
+        file.write_all(format!("{seed}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| write_err(e.to_string()))?;
+        Ok(signer)
+    }
+
+    /// The public key, as trusted by other nodes (`U…`).
+    pub fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    /// The `Snaptrack-Signature` header value for a message.
+    pub fn sign(&self, subject: &str, payload: &[u8]) -> String {
+        // Signing with a key that has its seed cannot fail (the seed was checked at load).
+        let sig = self
+            .pair
+            .sign(&signed_bytes(subject, payload))
+            .unwrap_or_default();
+        format!("{} {}", self.public, hex::encode(sig))
+    }
+}
+
+/// The keys a node accepts messages from: its own and `[cluster] trusted_keys`.
+pub struct Verifier {
+    /// Parsed once: decoding a key costs more than checking a signature's header.
+    keys: HashMap<String, nkeys::KeyPair>,
+}
+
+impl Verifier {
+    /// Trusts `own` and every key in `trusted` (a node).
+    pub fn new(own: &Signer, trusted: &[String]) -> Result<Verifier, KeyError> {
+        let mut keys = trusted.to_vec();
+        keys.push(own.public.clone());
+        Self::from_keys(&keys)
+    }
+
+    /// Trusts exactly these public keys (a subscriber that checks what it reads).
+    pub fn from_keys(trusted: &[String]) -> Result<Verifier, KeyError> {
+        let mut keys = HashMap::new();
+        for key in trusted {
+            let key = key.trim();
+            let pair = nkeys::KeyPair::from_public_key(key)
+                .map_err(|_| KeyError::NotAPublicKey(key.to_owned()))?;
+            keys.insert(key.to_owned(), pair);
+        }
+        Ok(Verifier { keys })
+    }
+
+    /// Checks a message's `Snaptrack-Signature` header (`None`: the message had none).
+    /// Returns the signer's public key.
+    pub fn verify<'h>(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        header: Option<&'h str>,
+    ) -> Result<&'h str, Rejection> {
+        let header = header.ok_or(Rejection::Unsigned)?;
+        let (key, sig) = header.trim().split_once(' ').ok_or(Rejection::Malformed)?;
+        let sig = hex::decode(sig.trim()).map_err(|_| Rejection::Malformed)?;
+        let pair = self.keys.get(key).ok_or_else(|| {
+            // Only a prefix: the header is the sender's text, kept short in logs.
+            Rejection::UnknownKey(key.chars().take(60).collect())
+        })?;
+        pair.verify(&signed_bytes(subject, payload), &sig)
+            .map_err(|_| Rejection::BadSignature(key.to_owned()))?;
+        Ok(key)
+    }
+
+    /// How many keys are trusted.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBJECT: &str = "snaptrack.auth.v1.token.issued";
+
+    #[test]
+    fn a_signed_message_verifies_and_any_change_fails() {
+        let a = Signer::generate();
+        let v = Verifier::new(&a, &[]).unwrap();
+        let payload = br#"{"seq":1}"#;
+        let header = a.sign(SUBJECT, payload);
+        assert_eq!(
+            v.verify(SUBJECT, payload, Some(&header)),
+            Ok(a.public_key())
+        );
+        assert_eq!(
+            v.verify(SUBJECT, br#"{"seq":2}"#, Some(&header)),
+            Err(Rejection::BadSignature(a.public_key().into())),
+            "altered payload"
+        );
+        assert!(
+            matches!(
+                v.verify("snaptrack.auth.v1.token.revoked", payload, Some(&header)),
+                Err(Rejection::BadSignature(_))
+            ),
+            "moved to another subject"
+        );
+        assert_eq!(v.verify(SUBJECT, payload, None), Err(Rejection::Unsigned));
+        for junk in ["", "x", "UABC zz", &format!("{} ", a.public_key())] {
+            assert!(v.verify(SUBJECT, payload, Some(junk)).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn only_trusted_keys_are_accepted() {
+        let (a, b, c) = (Signer::generate(), Signer::generate(), Signer::generate());
+        let v = Verifier::new(&a, &[b.public_key().to_owned()]).unwrap();
+        assert_eq!(v.len(), 2);
+        let payload = b"{}";
+        assert!(v
+            .verify(SUBJECT, payload, Some(&b.sign(SUBJECT, payload)))
+            .is_ok());
+        assert!(matches!(
+            v.verify(SUBJECT, payload, Some(&c.sign(SUBJECT, payload))),
+            Err(Rejection::UnknownKey(_))
+        ));
+        // c's signature under a's name.
+        let forged = format!(
+            "{} {}",
+            a.public_key(),
+            c.sign(SUBJECT, payload).split_once(' ').unwrap().1
+        );
+        assert!(matches!(
+            v.verify(SUBJECT, payload, Some(&forged)),
+            Err(Rejection::BadSignature(_))
+        ));
+        assert!(matches!(
+            Verifier::new(&a, &["not-a-key".into()]),
+            Err(KeyError::NotAPublicKey(_))
+        ));
+    }
+
+    #[test]
+    fn keys_are_written_once_owner_only_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.nk");
+        let written = Signer::write_new(&path).unwrap();
+        let read = Signer::load(&path).unwrap();
+        assert_eq!(written.public_key(), read.public_key());
+        assert!(read.public_key().starts_with('U'));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let before = std::fs::read(&path).unwrap();
+        assert!(matches!(
+            Signer::write_new(&path),
+            Err(KeyError::Exists { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), before, "not overwritten");
+        let seed = String::from_utf8(before).unwrap();
+        assert!(
+            !format!("{read:?}").contains(seed.trim()),
+            "Debug shows no seed"
+        );
+        std::fs::write(dir.path().join("pub"), read.public_key()).unwrap();
+        let err = Signer::load(&dir.path().join("pub")).unwrap_err();
+        assert!(matches!(err, KeyError::NotASeed { .. }));
+        assert!(!err.to_string().contains(read.public_key()));
+    }
+}
