@@ -208,7 +208,7 @@ async fn receive(
     cluster.applied(seq);
     if revocation {
         // The revoking node is waiting for everyone to say they have it.
-        cluster.announce(false).await;
+        cluster.announce_wanted.notify_one();
     }
     Received::Applied
 }
@@ -272,6 +272,9 @@ async fn announce(cluster: Arc<Cluster>, state: Arc<State>) {
                 }
                 // Each limit is shared by the live nodes (see `RateLimits`).
                 state.rate_limits.set_nodes(cluster.peers.live_count(Instant::now()) as u32);
+            }
+            _ = cluster.announce_wanted.notified() => {
+                cluster.announce(false).await;
             }
             _ = tick.tick() => {
                 cluster.announce(false).await;

@@ -71,6 +71,10 @@ pub struct Cluster {
     pub stream_rejected: AtomicU64,
     /// Presence messages ignored because no trusted key signed them.
     pub presence_rejected: AtomicU64,
+    /// Set when a revocation was applied: the announcer says so at once. Requests made while
+    /// an announcement is being signed and sent share the next one (each says everything
+    /// applied so far), so a burst of revocations costs a few signatures, not one each.
+    pub announce_wanted: tokio::sync::Notify,
 }
 
 /// Coalesces catch-up queries: a query in flight serves only the misses that arrived before
@@ -135,6 +139,7 @@ impl Cluster {
             verifier,
             stream_rejected: AtomicU64::new(0),
             presence_rejected: AtomicU64::new(0),
+            announce_wanted: tokio::sync::Notify::new(),
         }
     }
 
