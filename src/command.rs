@@ -151,6 +151,13 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
             hint,
         } => {
             let rec = owned_token(state, old, owner)?;
+            // Regenerating an active token swaps one active token for another; an expired
+            // one's replacement is one more, and counts against the cap like a new one.
+            if !rec.is_active_at(now)
+                && state.active_token_count(rec.user_id, now) >= MAX_ACTIVE_TOKENS
+            {
+                return Err(CommandError::TokenLimitReached);
+            }
             let lifetime = rec.expires_at.map(|e| e - rec.created_at);
             Ok(vec![
                 Event::TokenRevoked(TokenRevoked {

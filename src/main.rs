@@ -133,6 +133,9 @@ fn serve(a: ServeArgs) -> ExitCode {
                 None => println!("demo user exists: email {}", demo.email),
             }
         }
+        if let Some(ops) = app.ops_url() {
+            println!("metrics on {ops}");
+        }
         println!("listening on {}", app.url());
         app.run_until_stopped().await.map_err(|e| e.to_string())
     });

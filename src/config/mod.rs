@@ -3,8 +3,10 @@
 //! `[tiers.pro]` keeps the defaults for everything else.
 
 mod cluster;
+mod throttle;
 
 pub use cluster::{redact_url, ClusterSettings, NatsAuth, Secret, StreamTrust};
+pub use throttle::{Throttle, MIN_ADMIN_TOKEN_LEN};
 
 use crate::domain::Tier;
 use crate::state::TierTable;
@@ -31,17 +33,6 @@ pub struct TierSettings {
     pub window_secs: u32,
 }
 
-/// Failed-authentication throttling per client address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Throttle {
-    /// Failed API-token checks allowed per address per `auth_window_secs`.
-    pub auth_failures: u32,
-    pub auth_window_secs: u32,
-    /// Failed dashboard logins allowed per address per `login_window_secs`.
-    pub login_failures: u32,
-    pub login_window_secs: u32,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub cert: PathBuf,
@@ -59,6 +50,13 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub tiers: [TierSettings; 4],
     pub throttle: Throttle,
+    /// Shortest password accepted wherever one is set.
+    pub min_password_length: usize,
+    /// The session cookie always carries `Secure` (TLS ends before this service, and the
+    /// proxy does not say so in `X-Forwarded-Proto`).
+    pub cookie_secure: bool,
+    /// `[ops] listen`: when set, `/metrics` is served there only.
+    pub ops_listen: Option<String>,
     pub usage_flush: Duration,
     pub session_ttl: Duration,
     /// Largest accepted request body, in bytes.
@@ -91,6 +89,9 @@ impl std::fmt::Debug for Settings {
             )
             .field("tiers", &self.tiers)
             .field("throttle", &self.throttle)
+            .field("min_password_length", &self.min_password_length)
+            .field("cookie_secure", &self.cookie_secure)
+            .field("ops_listen", &self.ops_listen)
             .field("usage_flush", &self.usage_flush)
             .field("session_ttl", &self.session_ttl)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -128,12 +129,10 @@ impl Default for Settings {
                 paid(20),
                 paid(100),
             ],
-            throttle: Throttle {
-                auth_failures: 60,
-                auth_window_secs: 60,
-                login_failures: 10,
-                login_window_secs: 600,
-            },
+            throttle: Throttle::default(),
+            min_password_length: 12,
+            cookie_secure: false,
+            ops_listen: None,
             usage_flush: Duration::from_millis(250),
             session_ttl: Duration::from_secs(12 * 3600),
             max_body_bytes: 16 * 1024,
@@ -163,7 +162,10 @@ struct FileConfig {
     #[serde(default)]
     tiers: FileTiers,
     #[serde(default)]
-    throttle: FileThrottle,
+    throttle: throttle::FileThrottle,
+    min_password_length: Option<usize>,
+    cookie_secure: Option<bool>,
+    ops: Option<FileOps>,
     tls: Option<FileTls>,
     #[serde(default)]
     cluster: cluster::FileCluster,
@@ -186,13 +188,10 @@ struct FileTier {
     window_secs: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileThrottle {
-    auth_failures: Option<u32>,
-    auth_window_secs: Option<u32>,
-    login_failures: Option<u32>,
-    login_window_secs: Option<u32>,
+struct FileOps {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,11 +345,12 @@ impl Settings {
                 set(&mut slot.window_secs, t.window_secs);
             }
         }
-        let th = f.throttle;
-        set(&mut self.throttle.auth_failures, th.auth_failures);
-        set(&mut self.throttle.auth_window_secs, th.auth_window_secs);
-        set(&mut self.throttle.login_failures, th.login_failures);
-        set(&mut self.throttle.login_window_secs, th.login_window_secs);
+        f.throttle.apply(&mut self.throttle);
+        set(&mut self.min_password_length, f.min_password_length);
+        set(&mut self.cookie_secure, f.cookie_secure);
+        if let Some(listen) = f.ops.and_then(|o| o.listen) {
+            self.ops_listen = Some(listen);
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         f.cluster.apply(
             base,
@@ -384,9 +384,11 @@ impl Settings {
                 );
             }
         }
-        if self.throttle.auth_window_secs == 0 || self.throttle.login_window_secs == 0 {
-            return bad("throttle", "windows must be positive");
+        self.throttle.check()?;
+        if self.min_password_length < 8 {
+            return bad("min_password_length", "must be at least 8");
         }
+
         if self.usage_flush.is_zero() {
             return bad("usage_flush_ms", "must be positive");
         }
@@ -406,6 +408,20 @@ impl Settings {
             return bad("max_body_bytes", "must be at least 1024");
         }
         Ok(())
+    }
+
+    /// What only `serve` needs besides [`Settings::load`]'s checks: an admin token long
+    /// enough not to be guessed (`replay` does not care).
+    pub fn check_serve(&self) -> Result<(), ConfigError> {
+        match &self.admin_token {
+            Some(t) if t.chars().count() < MIN_ADMIN_TOKEN_LEN => Err(ConfigError::Invalid {
+                key: "SNAPTRACK_ADMIN_TOKEN".into(),
+                reason: format!(
+                    "must be at least {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -base64 32`"
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The per-tier limits the verify path reads.

@@ -7,7 +7,7 @@ mod user;
 
 pub use tier::{Lapse, Subscription, SubscriptionStatus, Tier};
 pub use token::{ApiToken, TokenFormatError, TokenHash};
-pub use user::{verify_password, Email, Password, UserName};
+pub use user::{email_key, verify_password, Email, Password, UserName, WeakPassword};
 
 use serde::{Deserialize, Serialize};
 

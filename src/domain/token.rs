@@ -146,6 +146,13 @@ impl std::hash::Hash for TokenHash {
 }
 
 impl TokenHash {
+    /// The first 8 bytes: enough to tell tokens apart where a false match costs little.
+    pub fn prefix(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(first)
+    }
+
     /// Hashes a token's text.
     pub fn of(token: &str) -> Self {
         TokenHash(Sha256::digest(token.as_bytes()).into())

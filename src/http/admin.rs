@@ -54,15 +54,20 @@ pub async fn create_user(
     let b = body.into_inner();
     let email = field("email", Email::parse(&b.email))?;
     let name = field("name", UserName::parse(&b.name))?;
-    let password = field("password", Password::parse(&b.password))?;
     let tier = field("tier", Tier::parse(&b.tier))?;
     if app.state.email_taken(email.as_str()) {
         return Err(ApiError::new(Code::EmailTaken));
     }
-    let password_hash = web::block(move || password.hash())
-        .await
-        .map_err(|_| ApiError::new(Code::Internal))?
-        .map_err(|_| ApiError::new(Code::Internal))?;
+    let min_len = app.settings.min_password_length;
+    let words = [email.as_str().to_owned(), name.as_str().to_owned()];
+    let password_hash = web::block(move || {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        Password::parse(&b.password, min_len, &words)
+            .map(|p| p.hash().map_err(|_| ApiError::new(Code::Internal)))
+    })
+    .await
+    .map_err(|_| ApiError::new(Code::Internal))?
+    .map_err(|weak| ApiError::invalid_field("password", &weak.to_string()))??;
     let envs = app
         .writer
         .send(Execute(Command::RegisterUser {

@@ -57,6 +57,29 @@ pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
     )
 }
 
+/// Whether the session cookie must carry `Secure`: the service speaks TLS itself,
+/// `cookie_secure` says TLS ends before it, or the peer is a trusted proxy whose
+/// `X-Forwarded-Proto` (its last entry: the one it wrote) is `https`. From any other peer the
+/// header is ignored.
+pub fn cookie_must_be_secure(req: &HttpRequest, settings: &crate::config::Settings) -> bool {
+    if settings.tls.is_some() || settings.cookie_secure {
+        return true;
+    }
+    let Some(peer) = req.peer_addr().map(|p| p.ip().to_canonical()) else {
+        return false;
+    };
+    settings
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer))
+        && req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+}
+
 /// The client behind `peer`. A peer that is not a trusted proxy is the client, whatever its
 /// headers say. Behind a trusted one, `X-Forwarded-For` (every such header, in order, as one
 /// list) is read from the right, since each proxy appends the address it saw: the first

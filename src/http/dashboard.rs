@@ -2,14 +2,14 @@
 //! regenerate. Passwords are checked with argon2id against a dummy hash when the email is
 //! unknown, so the answer takes the same time and has the same body either way.
 
-use super::auth::{client_ip, same_origin, SessionUser, SESSION_COOKIE};
+use super::auth::{client_ip, cookie_must_be_secure, same_origin, SessionUser, SESSION_COOKIE};
 use super::error::{ApiError, Code};
 use super::public::UserBody;
 use super::tokens::{self, NewToken};
 use super::AppState;
 use crate::actors::Execute;
 use crate::command::Command;
-use crate::domain::{verify_password, Email, TokenHash};
+use crate::domain::{email_key, verify_password, Email, TokenHash};
 use actix_web::cookie::{time, Cookie, SameSite};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use chrono::Utc;
@@ -40,12 +40,12 @@ fn parse_login(req: &HttpRequest, body: &[u8]) -> Result<LoginBody, ApiError> {
     }
 }
 
-fn session_cookie(app: &AppState, value: String) -> Cookie<'static> {
+fn session_cookie(req: &HttpRequest, app: &AppState, value: String) -> Cookie<'static> {
     Cookie::build(SESSION_COOKIE, value)
         .http_only(true)
         .same_site(SameSite::Strict)
         .path("/")
-        .secure(app.settings.tls.is_some())
+        .secure(cookie_must_be_secure(req, &app.settings))
         .max_age(time::Duration::seconds(
             app.settings.session_ttl.as_secs() as i64
         ))
@@ -65,9 +65,17 @@ pub async fn login(
         return Err(ApiError::retry_after(Code::LoginThrottled, wait));
     }
     let creds = parse_login(&req, &body)?;
+    // Per account too, from any address: the same for an email without an account, so the
+    // answer tells nothing. Keyed by a hash, so the map holds no typed-in text.
+    let account = Some(TokenHash::of(&email_key(&creds.email)));
+    if let Some(wait) = app.account_login_throttle.blocked(account, now.timestamp()) {
+        return Err(ApiError::retry_after(Code::LoginThrottled, wait));
+    }
     // Count the attempt before checking it, so parallel guesses cannot outrun the throttle;
     // a successful login takes its count back.
     app.login_throttle.record_failure(ip, now.timestamp());
+    app.account_login_throttle
+        .record_failure(account, now.timestamp());
     let email = Email::parse(&creds.email).ok();
     let known = email
         .as_ref()
@@ -103,6 +111,7 @@ pub async fn login(
         return Err(ApiError::new(Code::InvalidCredentials));
     };
     app.login_throttle.forgive(ip, now.timestamp());
+    app.account_login_throttle.forgive(account, now.timestamp());
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let value = hex::encode(raw);
@@ -121,7 +130,7 @@ pub async fn login(
         .user(user_id)
         .ok_or_else(|| ApiError::new(Code::Internal))?;
     Ok(HttpResponse::Ok()
-        .cookie(session_cookie(&app, value))
+        .cookie(session_cookie(&req, &app, value))
         .insert_header(("cache-control", "no-store"))
         .json(json!({"success": true, "user": UserBody::of(&user)})))
 }
@@ -134,7 +143,7 @@ pub async fn logout(req: HttpRequest, app: web::Data<AppState>) -> Result<HttpRe
             .send(Execute(Command::EndSession { session: s.session }))
             .await??;
     }
-    let mut gone = session_cookie(&app, String::new());
+    let mut gone = session_cookie(&req, &app, String::new());
     gone.make_removal();
     Ok(HttpResponse::Ok()
         .cookie(gone)
@@ -148,6 +157,14 @@ pub async fn list(s: SessionUser, app: web::Data<AppState>) -> HttpResponse {
         .json(json!({"success": true, "tokens": app.state.tokens_of(s.user.id)}))
 }
 
+/// Counts one token change of the session's user through the dashboard, or refuses it (429)
+/// once `[throttle] token_changes` are used up in this window.
+fn count_token_change(app: &AppState, s: &SessionUser) -> Result<(), ApiError> {
+    app.token_changes
+        .try_count(s.user.id, Utc::now().timestamp())
+        .map_err(|wait| ApiError::retry_after(Code::TokenChangesThrottled, wait))
+}
+
 /// `POST /dashboard/tokens`.
 pub async fn generate(
     req: HttpRequest,
@@ -156,6 +173,7 @@ pub async fn generate(
     body: web::Json<NewToken>,
 ) -> Result<HttpResponse, ApiError> {
     same_origin(&req)?;
+    count_token_change(&app, &s)?;
     tokens::issue(&app, s.user.id, body.into_inner()).await
 }
 
@@ -167,6 +185,7 @@ pub async fn revoke(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     same_origin(&req)?;
+    count_token_change(&app, &s)?;
     tokens::revoke(&app, tokens::parse_token_id(&path)?, Some(s.user.id)).await
 }
 
@@ -178,5 +197,6 @@ pub async fn regenerate(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     same_origin(&req)?;
+    count_token_change(&app, &s)?;
     tokens::regenerate(&app, tokens::parse_token_id(&path)?, Some(s.user.id)).await
 }

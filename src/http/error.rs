@@ -18,11 +18,13 @@ pub enum Code {
     RateLimited,
     AuthThrottled,
     LoginThrottled,
+    TokenChangesThrottled,
     InvalidCredentials,
     CrossSite,
     NotFound,
     MethodNotAllowed,
     MalformedJson,
+    BadRequest,
     InvalidField,
     UnsupportedMediaType,
     PayloadTooLarge,
@@ -51,11 +53,15 @@ impl Code {
                 "Too many failed authentication attempts",
             ),
             Code::LoginThrottled => (429, "login_throttled", "Too many failed login attempts"),
+            Code::TokenChangesThrottled => {
+                (429, "token_changes_throttled", "Too many token changes")
+            }
             Code::InvalidCredentials => (401, "invalid_credentials", "Invalid credentials"),
             Code::CrossSite => (403, "cross_site_request", "Cross-site request refused"),
             Code::NotFound => (404, "not_found", "Not found"),
             Code::MethodNotAllowed => (405, "method_not_allowed", "Method not allowed"),
             Code::MalformedJson => (400, "malformed_json", "Malformed JSON"),
+            Code::BadRequest => (400, "bad_request", "Bad request"),
             Code::InvalidField => (422, "invalid_field", "Invalid field"),
             Code::UnsupportedMediaType => (
                 415,
@@ -292,4 +298,44 @@ pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
         }
         other => ApiError::new(Code::MalformedJson).message(format!("Unreadable body: {other}")),
     }
+}
+
+/// An error response the framework made itself (a payload over the limit, an unreadable
+/// body…), as the JSON error of its status; every other response as it is. Headers the
+/// framework set (`Retry-After`, `Allow`) stay.
+pub fn json_body_for_errors(
+    res: actix_web::dev::ServiceResponse,
+) -> actix_web::dev::ServiceResponse {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let code = match status.as_u16() {
+        400 => Code::BadRequest,
+        404 => Code::NotFound,
+        405 => Code::MethodNotAllowed,
+        413 => Code::PayloadTooLarge,
+        415 => Code::UnsupportedMediaType,
+        _ => Code::Internal,
+    };
+    let mut error = ApiError::new(code);
+    if code == Code::Internal && status.as_u16() != 500 {
+        error = error.message(status.canonical_reason().unwrap_or("Error"));
+    }
+    let (req, old) = res.into_parts();
+    let mut new = error.error_response();
+    *new.status_mut() = status;
+    for (name, value) in old.headers() {
+        if name != actix_web::http::header::CONTENT_TYPE
+            && name != actix_web::http::header::CONTENT_LENGTH
+        {
+            new.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    actix_web::dev::ServiceResponse::new(req, new)
 }

@@ -46,6 +46,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub auth_throttle: FailureThrottle,
     pub login_throttle: FailureThrottle,
+    /// Failed logins per account (a hash of the compared email), from any address.
+    pub account_login_throttle: FailureThrottle<crate::domain::TokenHash>,
+    /// Token changes per user through the dashboard.
+    pub token_changes: FailureThrottle<crate::domain::UserId>,
     /// Set once replay is done (always, in embedded mode, before the server accepts).
     pub ready: AtomicBool,
     /// An argon2id hash of a random password: logins for unknown emails verify against it,
@@ -80,6 +84,13 @@ pub struct DemoUser {
 pub struct Application {
     server: Server,
     addr: SocketAddr,
+    /// The `[ops] listen` server (`/metrics`, `/healthz`, `/readyz`), running in a task of
+    /// its own, and its address.
+    ops: Option<(
+        ServerHandle,
+        SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
     tls: bool,
     writer: Addr<Writer>,
     log: Arc<SledLog>,
@@ -206,6 +217,37 @@ fn load_keys(settings: &Settings) -> Result<(Signer, Verifier), StartError> {
     Ok((signer, verifier))
 }
 
+/// The `[ops] listen` server: `/metrics` (served there only), `/healthz` and `/readyz`, on
+/// an address of its own so that operators can keep it off the public network.
+fn ops_server(
+    addr: &str,
+    app_state: web::Data<AppState>,
+) -> Result<(Server, SocketAddr), StartError> {
+    let listen_err = |e: std::io::Error| StartError::Listen {
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    };
+    let listener = TcpListener::bind(addr).map_err(listen_err)?;
+    let bound = listener.local_addr().map_err(listen_err)?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(ops::OpsListener)
+            .route("/metrics", web::get().to(ops::metrics))
+            .route("/healthz", web::get().to(ops::healthz))
+            .route("/readyz", web::get().to(ops::readyz))
+            .default_service(web::to(|| async {
+                ApiError::new(Code::NotFound).into_response()
+            }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .map_err(listen_err)?
+    .run();
+    Ok((server, bound))
+}
+
 /// Opens the log in `settings.data` and replays it into a fresh state.
 pub fn open_and_replay(settings: &Settings) -> Result<(Arc<SledLog>, Arc<State>), StartError> {
     let log = Arc::new(SledLog::open(&settings.data)?);
@@ -255,7 +297,8 @@ async fn ensure_demo_user(state: &State, writer: &Addr<Writer>) -> Result<DemoUs
         });
     }
     let password = crate::domain::ApiToken::generate().expose()[5..25].to_owned();
-    let parsed = Password::parse(&password).map_err(|e| StartError::Other(e.into()))?;
+    let parsed = Password::parse(&password, 20, &[])
+        .map_err(|e| StartError::Other(format!("demo password: {e}")))?;
     let hash = web::block(move || parsed.hash())
         .await
         .map_err(|e| StartError::Other(e.to_string()))?
@@ -296,6 +339,9 @@ impl Application {
         settings: Settings,
         listener: TcpListener,
     ) -> Result<Self, StartError> {
+        settings
+            .check_serve()
+            .map_err(|e| StartError::Other(e.to_string()))?;
         let tls = load_tls(&settings)?;
         // Before the log is touched: a node without its key must not start at all.
         let keys = match &settings.nats {
@@ -339,7 +385,7 @@ impl Application {
         };
         let dummy_hash = web::block(|| {
             let random = crate::domain::ApiToken::generate();
-            Password::parse(random.expose()).map(|p| p.hash())
+            Password::parse(random.expose(), 0, &[]).map(|p| p.hash())
         })
         .await
         .ok()
@@ -363,11 +409,20 @@ impl Application {
                 settings.throttle.login_failures,
                 settings.throttle.login_window_secs,
             ),
+            account_login_throttle: FailureThrottle::new(
+                settings.throttle.account_login_failures,
+                settings.throttle.account_login_window_secs,
+            ),
+            token_changes: FailureThrottle::new(
+                settings.throttle.token_changes,
+                settings.throttle.token_changes_window_secs,
+            ),
             ready: AtomicBool::new(true),
             dummy_hash,
             password_checks: tokio::sync::Semaphore::new(4),
         });
         let max_body = settings.max_body_bytes;
+        let app_state_for_ops = app_state.clone();
         let factory = move || {
             let metrics = app_state.metrics.clone();
             App::new()
@@ -386,7 +441,13 @@ impl Application {
                     let metrics = metrics.clone();
                     let fut = srv.call(req);
                     async move {
-                        let res = fut.await?;
+                        // Every error is JSON, those the framework raises itself included;
+                        // and no response is sniffed into another type.
+                        let mut res = error::json_body_for_errors(fut.await?.map_into_boxed_body());
+                        res.headers_mut().insert(
+                            actix_web::http::header::X_CONTENT_TYPE_OPTIONS,
+                            actix_web::http::header::HeaderValue::from_static("nosniff"),
+                        );
                         metrics.count_request(res.request().match_name(), res.status().as_u16());
                         Ok(res)
                     }
@@ -412,6 +473,14 @@ impl Application {
         if let Some(n) = settings.workers {
             server = server.workers(n);
         }
+        let ops = match &settings.ops_listen {
+            Some(ops_addr) => {
+                let (server, bound) = ops_server(ops_addr, app_state_for_ops)?;
+                // A server runs while it is polled: this one beside the main one.
+                Some((server.handle(), bound, actix_web::rt::spawn(server)))
+            }
+            None => None,
+        };
         let is_tls = tls.is_some();
         let server = match tls {
             Some(cfg) => server.listen_rustls_0_23(listener, cfg),
@@ -422,6 +491,7 @@ impl Application {
         Ok(Application {
             server,
             addr,
+            ops,
             tls: is_tls,
             writer,
             log,
@@ -434,6 +504,13 @@ impl Application {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `http://…` of the `[ops] listen` server, when there is one.
+    pub fn ops_url(&self) -> Option<String> {
+        self.ops
+            .as_ref()
+            .map(|(_, addr, _)| format!("http://{addr}"))
     }
 
     /// `http://…` or `https://…` with the bound address.
@@ -455,12 +532,16 @@ impl Application {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let handle = self.server.handle();
+        let ops = self.ops.as_ref().map(|(handle, _, _)| handle.clone());
         actix_web::rt::spawn(async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
             handle.stop(true).await;
+            if let Some(ops) = ops {
+                ops.stop(true).await;
+            }
         });
         Ok(())
     }
@@ -469,6 +550,12 @@ impl Application {
     /// tells the others it is leaving, so revokes stop waiting for it.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
+        if let Some((handle, _, task)) = self.ops {
+            handle.stop(true).await;
+            if let Ok(result) = task.await {
+                result?;
+            }
+        }
         match self.writer.send(FlushUsage).await {
             Ok(Ok(n)) => tracing::info!(events = n, "usage flushed at shutdown"),
             Ok(Err(e)) => tracing::error!(error = %e, "usage flush at shutdown failed"),

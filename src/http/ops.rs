@@ -24,8 +24,16 @@ pub async fn readyz(app: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Marks the app of the `[ops] listen` address: with one configured, `/metrics` is served
+/// there only.
+#[derive(Clone, Copy)]
+pub struct OpsListener;
+
 /// `GET /metrics`.
-pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(req: actix_web::HttpRequest, app: web::Data<AppState>) -> HttpResponse {
+    if app.settings.ops_listen.is_some() && req.app_data::<OpsListener>().is_none() {
+        return super::error::ApiError::new(super::error::Code::NotFound).into_response();
+    }
     let mut gauges = vec![
         (
             "snaptrack_applied_seq",

@@ -10,6 +10,7 @@
 
 mod ratelimit;
 mod records;
+pub mod retention;
 mod verify;
 
 pub use ratelimit::{RateInfo, RateLimits};
@@ -93,6 +94,8 @@ pub struct Directory {
     /// expired sessions do not pile up in `sessions` while the node runs.
     pub session_expiry: std::collections::BTreeSet<(DateTime<Utc>, TokenHash)>,
     pub last_user_id: u64,
+    /// Which ended tokens stay in memory (see [`retention`]).
+    pub endings: retention::Endings,
 }
 
 /// The event does not follow the last applied one.
@@ -116,6 +119,9 @@ pub struct State {
     pub rate_limits: RateLimits,
     /// Session hash → session.
     pub sessions: papaya::HashMap<TokenHash, Session, RandomKeys>,
+    /// First 8 bytes of the hashes of tokens that left memory (see [`retention`]): a check
+    /// of one is a 401 at once, with no catch-up. Read only when the index misses.
+    evicted: papaya::HashSet<u64>,
     directory: RwLock<Directory>,
     applied_seq: AtomicU64,
     /// Set when the log failed to make applied events durable: memory is then ahead of the
@@ -133,6 +139,7 @@ impl State {
             users: papaya::HashMap::new(),
             rate_limits: RateLimits::default(),
             sessions: papaya::HashMap::builder().hasher(RandomKeys).build(),
+            evicted: papaya::HashSet::new(),
             directory: RwLock::new(Directory::default()),
             applied_seq: AtomicU64::new(0),
             poisoned: std::sync::atomic::AtomicBool::new(false),
@@ -219,7 +226,11 @@ impl State {
                     }),
                 );
                 let mut d = self.directory.write();
-                d.emails.insert(e.email, e.user_id);
+                // Compared as today's emails are (NFKC, lower case), events written before
+                // that included; of two that now look alike, the first keeps the address.
+                d.emails
+                    .entry(crate::domain::email_key(&e.email))
+                    .or_insert(e.user_id);
                 d.password_hashes.insert(e.user_id, e.password_hash);
                 d.last_user_id = d.last_user_id.max(e.user_id.0);
             }
@@ -240,7 +251,11 @@ impl State {
                         expires_at: e.expires_at.map_or(i64::MAX, |t| t.timestamp()),
                     },
                 );
-                self.directory.write().token_records.insert(TokenRecord {
+                let mut d = self.directory.write();
+                let gone = d
+                    .endings
+                    .issued(e.user_id, e.token_id, e.expires_at, occurred_at);
+                d.token_records.insert(TokenRecord {
                     id: e.token_id,
                     user_id: e.user_id,
                     name: e.name,
@@ -252,24 +267,32 @@ impl State {
                     revoked_at: None,
                     requests: 0,
                 });
+                self.forget(&mut d, gone);
             }
             Event::TokenRevoked(e) => {
                 let mut d = self.directory.write();
+                let mut gone = Vec::new();
                 if let Some(rec) = d.token_records.get_mut(&e.token_id) {
-                    if rec.revoked_at.is_none() {
+                    let newly = rec.revoked_at.is_none();
+                    if newly {
                         rec.revoked_at = Some(occurred_at);
                     }
+                    let (hash, user, expires_at) = (rec.hash, rec.user_id, rec.expires_at);
                     let tokens = self.tokens.pin();
-                    if let Some(live) = tokens.get(&rec.hash) {
+                    if let Some(live) = tokens.get(&hash) {
                         tokens.insert(
-                            rec.hash,
+                            hash,
                             LiveToken {
                                 expires_at: LiveToken::REVOKED,
                                 ..*live
                             },
                         );
                     }
+                    if newly {
+                        gone = d.endings.revoked(user, e.token_id, expires_at, occurred_at);
+                    }
                 }
+                self.forget(&mut d, gone);
             }
             Event::UsageRecorded(e) => {
                 self.rate_limits.apply(&e, node_id == self.local_node);
@@ -317,20 +340,44 @@ impl State {
         Ok(())
     }
 
+    /// Takes tokens that ended long ago out of the index and the records (see
+    /// [`retention`]); their hashes' prefixes stay in `evicted`.
+    fn forget(&self, d: &mut Directory, gone: Vec<TokenId>) {
+        if gone.is_empty() {
+            return;
+        }
+        let (tokens, evicted) = (self.tokens.pin(), self.evicted.pin());
+        for id in gone {
+            if let Some(rec) = d.token_records.remove(&id) {
+                tokens.remove(&rec.hash);
+                evicted.insert(rec.hash.prefix());
+            }
+        }
+    }
+
+    /// Whether a token with this hash ended long ago and left memory.
+    pub fn left_memory(&self, hash: &TokenHash) -> bool {
+        self.evicted.pin().contains(&hash.prefix())
+    }
+
     /// A user's profile and plan.
     pub fn user(&self, id: UserId) -> Option<Arc<UserView>> {
         self.users.pin().get(&id).cloned()
     }
 
-    /// The user with this (normalised) email, and their password hash.
+    /// The user with this email (compared after NFKC and lower-casing), and their password
+    /// hash.
     pub fn credentials(&self, email: &str) -> Option<(UserId, String)> {
         let d = self.directory.read();
-        let id = *d.emails.get(email)?;
+        let id = *d.emails.get(&crate::domain::email_key(email))?;
         Some((id, d.password_hashes.get(&id)?.clone()))
     }
 
     pub fn email_taken(&self, email: &str) -> bool {
-        self.directory.read().emails.contains_key(email)
+        self.directory
+            .read()
+            .emails
+            .contains_key(&crate::domain::email_key(email))
     }
 
     /// The id the next registered user gets.

@@ -16,8 +16,14 @@ const CHUNK: usize = 4096;
 
 #[derive(Default)]
 pub struct TokenRecords {
-    /// Records in issue order; every chunk but the last is full.
-    chunks: Vec<Vec<TokenRecord>>,
+    /// Records by position; every chunk but the last is full. `None`: a record removed
+    /// (its token left memory, see `retention`), whose position a later record reuses.
+    /// `Option` costs nothing here (the record's strings give it a niche).
+    chunks: Vec<Vec<Option<TokenRecord>>>,
+    /// Positions of removed records, to reuse.
+    free: Vec<u32>,
+    /// Positions ever used (the next new one).
+    used: usize,
     /// Token id → position. Ids are random (v4), hence the pass-through hasher.
     by_id: HashMap<TokenId, u32, RandomKeys>,
     /// User → positions of their tokens, in issue order.
@@ -25,44 +31,71 @@ pub struct TokenRecords {
 }
 
 impl TokenRecords {
-    fn at(&self, pos: u32) -> &TokenRecord {
+    /// The record at a position an index holds (indexes hold only live positions).
+    fn at(&self, pos: u32) -> Option<&TokenRecord> {
         let pos = pos as usize;
-        &self.chunks[pos / CHUNK][pos % CHUNK]
+        self.chunks.get(pos / CHUNK)?.get(pos % CHUNK)?.as_ref()
     }
 
-    fn at_mut(&mut self, pos: u32) -> &mut TokenRecord {
+    fn slot_mut(&mut self, pos: u32) -> Option<&mut Option<TokenRecord>> {
         let pos = pos as usize;
-        &mut self.chunks[pos / CHUNK][pos % CHUNK]
+        self.chunks.get_mut(pos / CHUNK)?.get_mut(pos % CHUNK)
     }
 
     /// Adds a record. A record with an id already present replaces it in place (commands
     /// never issue an id twice; `apply` holds no rules, so it does what the event says).
     pub fn insert(&mut self, rec: TokenRecord) {
         if let Some(&pos) = self.by_id.get(&rec.id) {
-            let old = self.at_mut(pos);
-            let old_user = old.user_id;
-            *old = rec;
-            let new_user = old.user_id;
-            if old_user != new_user {
-                if let Some(list) = self.by_user.get_mut(&old_user) {
+            let new_user = rec.user_id;
+            let Some(slot) = self.slot_mut(pos) else {
+                return;
+            };
+            let old_user = slot.as_ref().map(|r| r.user_id);
+            *slot = Some(rec);
+            if old_user != Some(new_user) {
+                if let Some(list) = old_user.and_then(|u| self.by_user.get_mut(&u)) {
                     list.retain(|&p| p != pos);
                 }
                 self.by_user.entry(new_user).or_default().push(pos);
             }
             return;
         }
-        let pos = self.by_id.len();
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
+        let (id, user) = (rec.id, rec.user_id);
+        let pos32 = match self.free.pop() {
+            Some(pos) => {
+                if let Some(slot) = self.slot_mut(pos) {
+                    *slot = Some(rec);
+                }
+                pos
+            }
+            None => {
+                let pos = self.used;
+                self.used += 1;
+                if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+                    self.chunks.push(Vec::with_capacity(CHUNK));
+                }
+                if let Some(last) = self.chunks.last_mut() {
+                    last.push(Some(rec));
+                }
+                // 4-byte positions keep the indexes small. 2^32 records would take some 700
+                // GB of memory before this saturates; a saturated position would only
+                // misaddress lists.
+                u32::try_from(pos).unwrap_or(u32::MAX)
+            }
+        };
+        self.by_id.insert(id, pos32);
+        self.by_user.entry(user).or_default().push(pos32);
+    }
+
+    /// Removes a record (its token left memory); its position is reused.
+    pub fn remove(&mut self, id: &TokenId) -> Option<TokenRecord> {
+        let pos = self.by_id.remove(id)?;
+        let rec = self.slot_mut(pos)?.take()?;
+        if let Some(list) = self.by_user.get_mut(&rec.user_id) {
+            list.retain(|&p| p != pos);
         }
-        // 4-byte positions keep the indexes small. 2^32 records would take some 700 GB of
-        // memory before this saturates; a saturated position would only misaddress lists.
-        let pos32 = u32::try_from(pos).unwrap_or(u32::MAX);
-        self.by_id.insert(rec.id, pos32);
-        self.by_user.entry(rec.user_id).or_default().push(pos32);
-        if let Some(last) = self.chunks.last_mut() {
-            last.push(rec);
-        }
+        self.free.push(pos);
+        Some(rec)
     }
 
     /// Makes room for `n` more records in the indexes (the chunks are allocated as needed).
@@ -80,12 +113,12 @@ impl TokenRecords {
     }
 
     pub fn get(&self, id: &TokenId) -> Option<&TokenRecord> {
-        self.by_id.get(id).map(|&pos| self.at(pos))
+        self.by_id.get(id).and_then(|&pos| self.at(pos))
     }
 
     pub fn get_mut(&mut self, id: &TokenId) -> Option<&mut TokenRecord> {
         let pos = *self.by_id.get(id)?;
-        Some(self.at_mut(pos))
+        self.slot_mut(pos)?.as_mut()
     }
 
     /// A user's records, in issue order.
@@ -94,12 +127,12 @@ impl TokenRecords {
             .get(&user)
             .into_iter()
             .flatten()
-            .map(|&pos| self.at(pos))
+            .filter_map(|&pos| self.at(pos))
     }
 
-    /// Every record, in issue order.
+    /// Every record, by position (issue order until records are removed).
     pub fn iter(&self) -> impl Iterator<Item = &TokenRecord> + '_ {
-        self.chunks.iter().flatten()
+        self.chunks.iter().flatten().flatten()
     }
 }
 
@@ -147,6 +180,30 @@ mod tests {
             r.requests = 7;
         }
         assert_eq!(recs.get(&id).map(|r| r.requests), Some(7));
+    }
+
+    #[test]
+    fn removed_records_leave_every_index_and_their_place_is_reused() {
+        let mut recs = TokenRecords::default();
+        let all: Vec<TokenRecord> = (0..10).map(|i| record(1, i)).collect();
+        for r in &all {
+            recs.insert(r.clone());
+        }
+        assert_eq!(recs.remove(&all[3].id), Some(all[3].clone()));
+        assert_eq!(recs.remove(&all[3].id), None);
+        assert_eq!(recs.len(), 9);
+        assert!(recs.get(&all[3].id).is_none());
+        assert_eq!(recs.of_user(UserId(1)).count(), 9);
+        assert_eq!(recs.iter().count(), 9);
+        let newer = record(2, 10);
+        recs.insert(newer.clone());
+        assert_eq!(
+            recs.chunks.iter().map(Vec::len).sum::<usize>(),
+            10,
+            "reused"
+        );
+        assert_eq!(recs.get(&newer.id), Some(&newer));
+        assert_eq!(recs.of_user(UserId(2)).collect::<Vec<_>>(), vec![&newer]);
     }
 
     #[test]

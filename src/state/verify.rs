@@ -55,7 +55,12 @@ impl State {
         let hash = hash_if_well_formed(token)?;
         let live = {
             let tokens = self.tokens.pin();
-            *tokens.get(&hash).ok_or(Denied::Unauthorized("unknown"))?
+            match tokens.get(&hash) {
+                Some(live) => *live,
+                // Ended long ago: as final as a revocation, and no reason to catch up.
+                None if self.left_memory(&hash) => return Err(Denied::Unauthorized("forgotten")),
+                None => return Err(Denied::Unauthorized("unknown")),
+            }
         };
         if live.expires_at <= now {
             return Err(Denied::Unauthorized(

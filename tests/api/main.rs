@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod dashboard;
+mod hardening;
 mod helpers;
 mod hostile;
 mod nats;

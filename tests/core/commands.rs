@@ -200,6 +200,64 @@ fn a_user_holds_at_most_the_maximum_of_active_tokens() {
 }
 
 #[test]
+fn regenerating_an_expired_token_counts_against_the_cap() {
+    use snaptrack_auth::command::MAX_ACTIVE_TOKENS;
+    let core = Core::new();
+    given(&core, vec![register("a@example.com", Tier::Pro)]);
+    let t0 = Utc::now();
+    // One token that expires a minute later.
+    let expiring = TokenId::new();
+    let t = ApiToken::generate();
+    core.writer
+        .execute_now(
+            Command::IssueToken {
+                user_id: UserId(1),
+                token_id: expiring,
+                name: TokenName::parse("old").unwrap(),
+                hash: t.hash(),
+                hint: t.hint(),
+                expires_at: Some(t0 + chrono::Duration::minutes(1)),
+            },
+            t0,
+        )
+        .unwrap();
+    // A full set of active ones once it has expired.
+    let t1 = t0 + chrono::Duration::minutes(2);
+    for _ in 0..MAX_ACTIVE_TOKENS {
+        core.writer
+            .execute_now(issue(1, &ApiToken::generate()).1, t1)
+            .unwrap();
+    }
+    let regenerate = |at| {
+        let t = ApiToken::generate();
+        core.writer.execute_now(
+            Command::RegenerateToken {
+                old: expiring,
+                owner: Some(UserId(1)),
+                token_id: TokenId::new(),
+                hash: t.hash(),
+                hint: t.hint(),
+            },
+            at,
+        )
+    };
+    // While it is active, regenerating swaps one for one; once it has expired, the
+    // replacement would be the 101st.
+    let later = t0 + chrono::Duration::hours(1);
+    let before = core.log.last_seq();
+    assert!(matches!(
+        regenerate(later),
+        Err(WriteError::Rejected(CommandError::TokenLimitReached))
+    ));
+    assert_eq!(core.log.last_seq(), before, "nothing written");
+    assert_eq!(
+        core.state.active_token_count(UserId(1), later),
+        MAX_ACTIVE_TOKENS
+    );
+    assert!(regenerate(t0).is_ok(), "while active: one for one");
+}
+
+#[test]
 fn a_login_drops_the_sessions_that_expired_before_it() {
     use snaptrack_auth::domain::TokenHash;
     let core = Core::new();
