@@ -46,7 +46,15 @@ pub struct JetStreamBus {
     js: jetstream::Context,
     replicas: usize,
     signer: Arc<Signer>,
+    /// What this node published lately, by the sequence it was published for: the
+    /// replicator recognises its own events byte for byte and skips checking their
+    /// signatures. A std mutex: held for a push or a pop, never across an `.await`.
+    sent: Arc<parking_lot::Mutex<std::collections::VecDeque<(u64, bytes::Bytes)>>>,
 }
+
+/// Publishes remembered for [`JetStreamBus::published_here`]; older ones are checked like
+/// anyone's.
+const SENT_KEPT: usize = 4096;
 
 impl JetStreamBus {
     /// Connects to `url` (or a comma-separated list of the servers of a NATS cluster), with
@@ -69,7 +77,23 @@ impl JetStreamBus {
             js,
             replicas,
             signer,
+            sent: Arc::default(),
         })
+    }
+
+    /// Whether the stream's message at `seq` is, byte for byte, what this node published for
+    /// that position. Forgets everything published for `seq` and before.
+    pub fn published_here(&self, seq: u64, payload: &[u8]) -> bool {
+        let mut sent = self.sent.lock();
+        let mut mine = false;
+        while let Some((at, bytes)) = sent.front() {
+            if *at > seq {
+                break;
+            }
+            mine |= *at == seq && bytes[..] == *payload;
+            sent.pop_front();
+        }
+        mine
     }
 
     /// The core NATS client (presence).
@@ -124,9 +148,17 @@ impl JetStreamBus {
                 let subject = subject(env.event.kind());
                 let payload = env.to_json();
                 let signature = self.signer.sign(&subject, &payload);
+                let payload = bytes::Bytes::from(payload);
+                {
+                    let mut sent = self.sent.lock();
+                    if sent.len() == SENT_KEPT {
+                        sent.pop_front();
+                    }
+                    sent.push_back((env.seq, payload.clone()));
+                }
                 let mut publish = jetstream::message::PublishMessage::build()
                     .header(SIGNATURE, signature.as_str())
-                    .payload(payload.into())
+                    .payload(payload)
                     .message_id(env.event_id.to_string())
                     .expected_last_sequence(env.seq - 1);
                 // The sequence alone is not enough once publishes are pipelined: if the

@@ -152,6 +152,12 @@ impl Cluster {
         *self.applied.borrow()
     }
 
+    /// Whether `a` is this very process's own announcement, heard back: it changes nothing,
+    /// so it need not be checked (another process's under this node id still is).
+    pub fn is_own_echo(&self, a: &Announcement) -> bool {
+        a.node_id == self.node_id && a.instance == self.instance
+    }
+
     /// Waits until the replicator has applied `seq`, for at most `timeout`.
     pub async fn wait_applied(&self, seq: u64, timeout: Duration) -> bool {
         let mut rx = self.applied.subscribe();
