@@ -89,7 +89,7 @@ async fn create_user(client: &Client, url: &str, admin: &str, email: &str) -> Re
     let r = client
         .post(format!("{url}/admin/users"))
         .bearer_auth(admin)
-        .json(&json!({"email": email, "name": "Load", "password": "load generator password", "tier": "business"}))
+        .json(&json!({"email": email, "name": "Load", "password": "load generator password 7f3k9q", "tier": "business"}))
         .send()
         .await
         .map_err(|e| e.to_string())?;
