@@ -50,17 +50,25 @@ impl From<TokenFormatError> for Denied {
 }
 
 impl State {
+    /// Why a well-formed token is not in the index: it ended long ago and left memory (as
+    /// final as a revocation, and no reason to catch up), or it is unknown. Kept out of
+    /// line: the hot path is the hit.
+    #[cold]
+    #[inline(never)]
+    fn unknown(&self, hash: &crate::domain::TokenHash) -> Denied {
+        if self.left_memory(hash) {
+            Denied::Unauthorized("forgotten")
+        } else {
+            Denied::Unauthorized("unknown")
+        }
+    }
+
     /// Checks a token at `now` (epoch seconds) and, when it passes, counts the request.
     pub fn verify(&self, token: &str, now: i64, tiers: &TierTable) -> Result<Verified, Denied> {
         let hash = hash_if_well_formed(token)?;
         let live = {
             let tokens = self.tokens.pin();
-            match tokens.get(&hash) {
-                Some(live) => *live,
-                // Ended long ago: as final as a revocation, and no reason to catch up.
-                None if self.left_memory(&hash) => return Err(Denied::Unauthorized("forgotten")),
-                None => return Err(Denied::Unauthorized("unknown")),
-            }
+            *tokens.get(&hash).ok_or_else(|| self.unknown(&hash))?
         };
         if live.expires_at <= now {
             return Err(Denied::Unauthorized(
