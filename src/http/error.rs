@@ -303,9 +303,12 @@ pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
 /// An error response the framework made itself (a payload over the limit, an unreadable
 /// body…), as the JSON error of its status; every other response as it is. Headers the
 /// framework set (`Retry-After`, `Allow`) stay.
-pub fn json_body_for_errors(
-    res: actix_web::dev::ServiceResponse,
-) -> actix_web::dev::ServiceResponse {
+///
+/// `EitherBody`, not a boxed body: the left side passes every other response through
+/// without an allocation (this runs on every request, the token checks included).
+pub fn json_body_for_errors<B>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::dev::ServiceResponse<actix_web::body::EitherBody<B>> {
     let status = res.status();
     let is_json = res
         .headers()
@@ -313,7 +316,7 @@ pub fn json_body_for_errors(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return res;
+        return res.map_into_left_body();
     }
     let code = match status.as_u16() {
         400 => Code::BadRequest,
@@ -337,5 +340,5 @@ pub fn json_body_for_errors(
             new.headers_mut().insert(name.clone(), value.clone());
         }
     }
-    actix_web::dev::ServiceResponse::new(req, new)
+    actix_web::dev::ServiceResponse::new(req, new).map_into_right_body()
 }

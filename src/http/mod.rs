@@ -443,7 +443,7 @@ impl Application {
                     async move {
                         // Every error is JSON, those the framework raises itself included;
                         // and no response is sniffed into another type.
-                        let mut res = error::json_body_for_errors(fut.await?.map_into_boxed_body());
+                        let mut res = error::json_body_for_errors(fut.await?);
                         res.headers_mut().insert(
                             actix_web::http::header::X_CONTENT_TYPE_OPTIONS,
                             actix_web::http::header::HeaderValue::from_static("nosniff"),
