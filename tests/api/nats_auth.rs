@@ -5,6 +5,7 @@
 use crate::helpers::{body, spawn_app_with, Opts, TestApp, BIN};
 use crate::nats::{NatsServer, CLUSTER_CONFIG};
 use reqwest::StatusCode;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "nats-Secret-9f8e7d6c5b4a";
@@ -200,6 +201,106 @@ async fn tls_with_a_client_certificate() {
         &format!("nats_tls_ca = \"{ca_file}\"\n"),
     );
     assert!(err.contains("TLS with NATS"), "{err}");
+}
+
+/// A NATS JWT (`ed25519-nkey`) with `claims`, issued (signed) by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+        "iat": chrono::Utc::now().timestamp(),
+        "iss": issuer.public_key(),
+        "name": subject,
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = b64(claims.to_string().as_bytes());
+    let signed = format!("{header}.{claims}");
+    let sig = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&sig))
+}
+
+#[tokio::test]
+async fn a_creds_file_in_operator_mode() {
+    // An operator, an account with JetStream, a user: the JWTs `nsc` would make.
+    let operator = nkeys::KeyPair::new_operator();
+    let system = nkeys::KeyPair::new_account();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        json!({"limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1,
+            "streams": -1, "consumer": -1},
+            "default_permissions": {"pub": {}, "sub": {}}, "type": "account", "version": 2}),
+    );
+    // JetStream needs a system account.
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        json!({"limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1},
+            "default_permissions": {"pub": {}, "sub": {}}, "type": "account", "version": 2}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+    );
+    let conf = format!(
+        "jetstream: enabled\noperator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {sys}: {system_jwt}\n  {acc}: {account_jwt}\n}}\n",
+        sys = system.public_key(),
+        acc = account.public_key()
+    );
+    let nats = NatsServer::start_with_config(&conf);
+    let seed = user.seed().unwrap();
+    let creds = nats.file("node.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+    let app = node_with(
+        &nats,
+        "a",
+        &nats.url(),
+        &format!("nats_creds = \"{}\"\n", creds.display()),
+    )
+    .await;
+    assert!(!app.output().join("\n").contains(&seed));
+    // A user the account never signed is refused.
+    let stranger = nkeys::KeyPair::new_user();
+    let forged = jwt(
+        &stranger,
+        &stranger.public_key(),
+        json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+    );
+    let other = nats.file("other.creds");
+    std::fs::write(
+        &other,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{forged}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            stranger.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let err = refused(
+        &nats,
+        &nats.url(),
+        &format!("nats_creds = \"{}\"\n", other.display()),
+    );
+    assert!(err.contains("the creds file"), "{err}");
+    assert!(!err.contains(&stranger.seed().unwrap()));
 }
 
 /// The README's deployment, run as the file gives it: nodes log in as `snaptrack-node`,
