@@ -288,7 +288,11 @@ pub fn open_and_replay(settings: &Settings) -> Result<(Arc<SledLog>, Arc<State>)
     Ok((log, state))
 }
 
-async fn ensure_demo_user(state: &State, writer: &Addr<Writer>) -> Result<DemoUser, StartError> {
+async fn ensure_demo_user(
+    state: &State,
+    writer: &Addr<Writer>,
+    min_password_length: usize,
+) -> Result<DemoUser, StartError> {
     const EMAIL: &str = "demo@snaptrack.dev";
     if state.email_taken(EMAIL) {
         return Ok(DemoUser {
@@ -296,8 +300,14 @@ async fn ensure_demo_user(state: &State, writer: &Addr<Writer>) -> Result<DemoUs
             password: None,
         });
     }
-    let password = crate::domain::ApiToken::generate().expose()[5..25].to_owned();
-    let parsed = Password::parse(&password, 20, &[])
+    // Random base62, as long as the policy asks and at least 20 characters.
+    let len = min_password_length.max(20);
+    let mut password = String::with_capacity(len);
+    while password.len() < len {
+        password.push_str(&crate::domain::ApiToken::generate().expose()[5..45]);
+    }
+    password.truncate(len);
+    let parsed = Password::parse(&password, min_password_length, &[EMAIL])
         .map_err(|e| StartError::Other(format!("demo password: {e}")))?;
     let hash = web::block(move || parsed.hash())
         .await
@@ -379,7 +389,7 @@ impl Application {
         };
         UsageFlusher::new(writer.clone(), settings.usage_flush).start();
         let demo = if settings.demo {
-            Some(ensure_demo_user(&state, &writer).await?)
+            Some(ensure_demo_user(&state, &writer, settings.min_password_length).await?)
         } else {
             None
         };

@@ -258,3 +258,18 @@ async fn demo_creates_a_pro_user_once() {
     );
     assert!(out.iter().any(|l| l.starts_with("demo user exists")));
 }
+
+#[tokio::test]
+async fn the_demo_password_follows_the_configured_policy() {
+    let mut app = spawn_app_with_config("min_password_length = 32\n").await;
+    app.stop().await;
+    app.start(&["--demo"]).await;
+    let line = app
+        .output()
+        .into_iter()
+        .find(|l| l.starts_with("demo user created"))
+        .expect("credentials printed");
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(parts[6].chars().count(), 32);
+    assert_eq!(app.login(parts[4], parts[6]).await.status(), StatusCode::OK);
+}

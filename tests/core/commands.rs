@@ -297,3 +297,28 @@ fn a_login_drops_the_sessions_that_expired_before_it() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn old_events_with_hidden_characters_still_replay_and_compare_as_today() {
+    use snaptrack_auth::event::{Envelope, UserRegistered};
+    // Written before emails and names were checked for invisible characters and compared
+    // after NFKC: the log replays as it is, and the address is compared in today's form.
+    let core = Core::new();
+    let old = Envelope::numbered(
+        vec![Event::UserRegistered(UserRegistered {
+            user_id: UserId(1),
+            email: "ＢＯＢ\u{200b}@example.com".into(),
+            name: "Bob\u{202e}".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            tier: Tier::Pro,
+        })],
+        0,
+        "n1",
+        Utc::now(),
+    );
+    core.log.mirror(&old[0]).unwrap();
+    let state = core.replayed();
+    assert_eq!(state.user(UserId(1)).unwrap().name, "Bob\u{202e}");
+    assert!(state.email_taken("bob\u{200b}@example.com"));
+    assert!(!state.email_taken("bob@example.com"), "a different address");
+}
