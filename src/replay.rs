@@ -5,7 +5,7 @@
 //! the log's files. sled recovers a copy taken mid-write to a consistent prefix, as it would
 //! after a crash.
 
-use crate::bus::{LogError, SledLog};
+use crate::bus::{Entry, LogError, SledLog};
 use crate::event::TYPES;
 use crate::state::State;
 use chrono::{DateTime, Utc};
@@ -94,12 +94,13 @@ pub fn run(data: &Path, f: &Filter, out: &mut dyn Write) -> Result<(), ReplayErr
     };
     if let Some(at) = f.at {
         let state = State::new("replay");
-        for env in log.iter_from(1) {
-            let env = env?;
-            if env.occurred_at > at {
-                break;
+        for entry in log.entries_from(1) {
+            match entry? {
+                Entry::Event(env) if env.occurred_at > at => break,
+                Entry::Event(env) => state.apply_owned(env).map_err(LogError::from)?,
+                // A stream position that held no event of ours (cluster mode).
+                Entry::Foreign(seq) => state.pass_over(seq).map_err(LogError::from)?,
             }
-            state.apply_owned(env).map_err(LogError::from)?;
         }
         for t in state.valid_tokens_at(at) {
             if f.user.is_some_and(|u| u != t.user_id.0) {

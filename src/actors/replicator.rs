@@ -320,10 +320,13 @@ fn heard(cluster: &Cluster, msg: &async_nats::Message) -> Result<Announcement, S
                 .verify(msg.subject.as_str(), &msg.payload, header)
                 .map_err(|e| e.to_string())?;
             let now = chrono::Utc::now().timestamp_millis();
-            if a.is_recent(now, cluster.settings.max_staleness) {
-                Ok(a)
-            } else {
+            if !a.is_recent(now, cluster.settings.max_staleness) {
                 Err(format!("sent at {} ms, too long ago", a.sent_at_ms))
+            } else if cluster.is_from_an_earlier_process(&a) {
+                // Replayed, or still in flight when this process started: not a twin.
+                Err("sent by an earlier process of this node".into())
+            } else {
+                Ok(a)
             }
         });
     if checked.is_err() {

@@ -48,6 +48,10 @@ pub struct Cluster {
     pub node_id: String,
     /// Random per process (see [`Announcement::instance`]).
     instance: String,
+    /// When this process started (Unix ms): an announcement of another instance of this
+    /// node sent before it is an earlier process's (replayed, or in flight at a restart),
+    /// not a twin.
+    started_at_ms: i64,
     pub settings: ClusterSettings,
     /// The replicator's applied sequence; waiters (the writer, catch-ups) watch it.
     applied: watch::Sender<u64>,
@@ -112,6 +116,7 @@ impl Cluster {
             bus,
             node_id: node_id.clone(),
             instance: instance.clone(),
+            started_at_ms: chrono::Utc::now().timestamp_millis(),
             settings,
             applied: watch::Sender::new(applied),
             peers: Peers::new(
@@ -156,6 +161,14 @@ impl Cluster {
     /// so it need not be checked (another process's under this node id still is).
     pub fn is_own_echo(&self, a: &Announcement) -> bool {
         a.node_id == self.node_id && a.instance == self.instance
+    }
+
+    /// Whether `a` is an earlier process's of this node: sent under this node id by another
+    /// instance before this process started. It proves nothing about a twin.
+    pub fn is_from_an_earlier_process(&self, a: &Announcement) -> bool {
+        a.node_id == self.node_id
+            && a.instance != self.instance
+            && a.sent_at_ms < self.started_at_ms
     }
 
     /// Waits until the replicator has applied `seq`, for at most `timeout`.

@@ -249,6 +249,18 @@ async fn forged_replayed_and_junk_messages_change_nothing_and_stop_no_node() {
     assert_eq!(b.get_test(&after).await.status(), StatusCode::OK);
     let (again, _) = b.issue_token(user).await;
     assert_eq!(a.get_test(&again).await.status(), StatusCode::OK);
+    // The audit log reads past the marked positions too: every event, and the tokens valid
+    // now (the two issued since, no forged one).
+    let out = a.replay(&["--at", &chrono::Utc::now().to_rfc3339()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let out = a.replay(&["--type", "token_issued"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
 }
 
 #[tokio::test]
@@ -351,4 +363,45 @@ async fn cluster_mode_needs_a_signing_key_and_keygen_makes_one() {
     let (_, token, _) = node.user_with_token("ann@example.com", "pro").await;
     assert_eq!(node.get_test(&token).await.status(), StatusCode::OK);
     assert!(node.output().iter().all(|l| !l.contains(seed.trim())));
+}
+
+#[tokio::test]
+async fn a_replayed_announcement_of_an_earlier_process_stops_nothing() {
+    let nats = crate::nats::NatsServer::start();
+    let mut a = spawn_node(&nats, "a", CLUSTER_CONFIG).await;
+    // Record one of this process's own signed announcements.
+    let attacker = async_nats::connect(nats.url()).await.unwrap();
+    let mut presence = attacker.subscribe("snaptrack.auth.nodes").await.unwrap();
+    let recorded = tokio::time::timeout(Duration::from_secs(10), presence.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(recorded.headers.is_some(), "announcements are signed");
+    // The node restarts (a new process, a new instance) well within the staleness bound;
+    // the attacker plays the old process's announcement back to it.
+    a.restart().await;
+    a.wait_ready().await;
+    let before = metric(&a, "snaptrack_presence_rejected_total").await;
+    attacker
+        .publish_with_headers(
+            "snaptrack.auth.nodes",
+            recorded.headers.clone().unwrap(),
+            recorded.payload.clone(),
+        )
+        .await
+        .unwrap();
+    attacker.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&a, "snaptrack_presence_rejected_total").await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the replayed announcement was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.get("/readyz").await.status(), StatusCode::OK);
+    assert!(a
+        .output()
+        .iter()
+        .all(|l| !l.contains("another process announces")));
 }
