@@ -16,8 +16,9 @@
 //! With the nodes' public keys in `SNAPTRACK_AUTH_TRUSTED_KEYS` (comma-separated; each node
 //! prints its own at start-up, `snaptrack-auth keygen` printed it when the key was made),
 //! every message is checked as the nodes check it: the Ed25519 signature in its
-//! `Snaptrack-Signature` header, over its subject, a newline and its payload, by a trusted
-//! key, for the stream position it landed at. Anything else is reported as `REJECTED` and
+//! `Snaptrack-Signature` header, over its subject, a newline and its payload (and, for an
+//! event published to follow another, a newline and its `Nats-Expected-Last-Msg-Id`), by a
+//! trusted key, for the stream position it landed at. Anything else is reported as `REJECTED` and
 //! not believed. Credentials come from the environment, never the command line.
 
 use async_nats::jetstream::{self, consumer};
@@ -93,7 +94,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let checked = match (&verifier, &env) {
             (None, _) => Ok("unchecked".to_owned()),
             (Some(v), env) => v
-                .verify(msg.subject.as_str(), &msg.payload, signature)
+                .verify_after(
+                    msg.subject.as_str(),
+                    &msg.payload,
+                    signature,
+                    msg.headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Expected-Last-Msg-Id"))
+                        .map(|p| p.as_str()),
+                )
                 .map_err(|e| e.to_string())
                 .and_then(|key| match env {
                     Ok(env) if env["seq"].as_u64() == Some(position) => {

@@ -8,8 +8,16 @@
 //!
 //! ```text
 //! signed bytes:        subject | "\n" | payload          (a NATS subject holds no newline)
+//!                      [ | "\n" | predecessor's event id ]
 //! Snaptrack-Signature: <signer's public key> <Ed25519 signature, 128 hex digits>
 //! ```
+//!
+//! The predecessor is there for the events of a command published after its first one
+//! (a regenerate's issue after its revoke, a usage flush of many users): each is published
+//! with `Nats-Expected-Last-Msg-Id: <predecessor's event id>`, so the stream stores it only
+//! right after that event, and the signature covers the header's value. Without that, such
+//! an event, refused once because a stranger took its predecessor's place, could be
+//! published again by anyone who saw it, header stripped, and land alone.
 //!
 //! The payload does not change (the event JSON of `events/`), so subscribers that do not
 //! care keep reading it as before, and those that do verify with the public keys alone.
@@ -54,11 +62,16 @@ pub enum KeyError {
 }
 
 /// The bytes a signature covers.
-fn signed_bytes(subject: &str, payload: &[u8]) -> Vec<u8> {
-    let mut input = Vec::with_capacity(subject.len() + 1 + payload.len());
+fn signed_bytes(subject: &str, payload: &[u8], predecessor: Option<&str>) -> Vec<u8> {
+    let extra = predecessor.map_or(0, |p| p.len() + 1);
+    let mut input = Vec::with_capacity(subject.len() + 1 + payload.len() + extra);
     input.extend_from_slice(subject.as_bytes());
     input.push(b'\n');
     input.extend_from_slice(payload);
+    if let Some(p) = predecessor {
+        input.push(b'\n');
+        input.extend_from_slice(p.as_bytes());
+    }
     input
 }
 
@@ -153,7 +166,13 @@ impl Signer {
 
     /// The `Snaptrack-Signature` header value for a message.
     pub fn sign(&self, subject: &str, payload: &[u8]) -> String {
-        let sig = self.pair.sign(&signed_bytes(subject, payload));
+        self.sign_after(subject, payload, None)
+    }
+
+    /// As [`Signer::sign`], for a message that must follow the event `predecessor` (its
+    /// `Nats-Expected-Last-Msg-Id`).
+    pub fn sign_after(&self, subject: &str, payload: &[u8], predecessor: Option<&str>) -> String {
+        let sig = self.pair.sign(&signed_bytes(subject, payload, predecessor));
         format!("{} {}", self.public, hex::encode(sig.as_ref()))
     }
 }
@@ -192,6 +211,19 @@ impl Verifier {
         payload: &[u8],
         header: Option<&'h str>,
     ) -> Result<&'h str, Rejection> {
+        self.verify_after(subject, payload, header, None)
+    }
+
+    /// As [`Verifier::verify`], for a stream message with this `Nats-Expected-Last-Msg-Id`
+    /// (`None`: it had none). A signature made for a message that had to follow another does
+    /// not hold for the same message without that condition.
+    pub fn verify_after<'h>(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        header: Option<&'h str>,
+        predecessor: Option<&str>,
+    ) -> Result<&'h str, Rejection> {
         let header = header.ok_or(Rejection::Unsigned)?;
         let (key, sig) = header.trim().split_once(' ').ok_or(Rejection::Malformed)?;
         let sig = hex::decode(sig.trim()).map_err(|_| Rejection::Malformed)?;
@@ -199,7 +231,7 @@ impl Verifier {
             // Only a prefix: the header is the sender's text, kept short in logs.
             Rejection::UnknownKey(key.chars().take(60).collect())
         })?;
-        pair.verify(&signed_bytes(subject, payload), &sig)
+        pair.verify(&signed_bytes(subject, payload, predecessor), &sig)
             .map_err(|_| Rejection::BadSignature(key.to_owned()))?;
         // (ring checks the signature's length and form itself.)
         Ok(key)
@@ -247,6 +279,29 @@ mod tests {
         for junk in ["", "x", "UABC zz", &format!("{} ", a.public_key())] {
             assert!(v.verify(SUBJECT, payload, Some(junk)).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn a_message_signed_to_follow_another_holds_only_with_that_condition() {
+        let a = Signer::generate();
+        let v = Verifier::new(&a, &[]).unwrap();
+        let payload = br#"{"seq":7}"#;
+        let prev = "00000000-0000-4000-8000-000000000006";
+        let header = a.sign_after(SUBJECT, payload, Some(prev));
+        assert!(v
+            .verify_after(SUBJECT, payload, Some(&header), Some(prev))
+            .is_ok());
+        assert!(
+            v.verify(SUBJECT, payload, Some(&header)).is_err(),
+            "the condition stripped"
+        );
+        assert!(v
+            .verify_after(SUBJECT, payload, Some(&header), Some("another"))
+            .is_err());
+        let plain = a.sign(SUBJECT, payload);
+        assert!(v
+            .verify_after(SUBJECT, payload, Some(&plain), Some(prev))
+            .is_err());
     }
 
     #[test]

@@ -180,13 +180,21 @@ async fn receive(
         .as_ref()
         .and_then(|h| h.get(SIGNATURE))
         .map(|v| v.as_str());
-    // What this node published itself, byte for byte, is its own event: no need to check
-    // its signature (every node checks the others').
-    let own = cluster.bus.published_here(seq, &msg.payload);
+    // An event published to follow another carries that condition, and the signature
+    // covers it (see `signing`).
+    let predecessor = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID))
+        .map(|v| v.as_str());
+    // What this node published itself, byte for byte and following nothing, is its own
+    // event: no need to check its signature (every node checks the others').
+    let own = predecessor.is_none() && cluster.bus.published_here(seq, &msg.payload);
     if !own {
-        if let Err(why) = cluster
-            .verifier
-            .verify(msg.subject.as_str(), &msg.payload, header)
+        if let Err(why) =
+            cluster
+                .verifier
+                .verify_after(msg.subject.as_str(), &msg.payload, header, predecessor)
         {
             return pass_over(cluster, state, log, seq, &why.to_string());
         }

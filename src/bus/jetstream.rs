@@ -147,9 +147,15 @@ impl JetStreamBus {
             for env in chunk {
                 let subject = subject(env.event.kind());
                 let payload = env.to_json();
-                let signature = self.signer.sign(&subject, &payload);
+                // The signature covers the condition that this event follows its
+                // predecessor (see `signing`).
+                let signature = self
+                    .signer
+                    .sign_after(&subject, &payload, previous.as_deref());
                 let payload = bytes::Bytes::from(payload);
-                {
+                if previous.is_none() {
+                    // Only events that follow nothing of this command are recognised by
+                    // their bytes; the others are always checked, condition included.
                     let mut sent = self.sent.lock();
                     if sent.len() == SENT_KEPT {
                         sent.pop_front();
