@@ -71,6 +71,8 @@ pub struct Cluster {
     pub writer_turn: tokio::sync::Mutex<()>,
     /// The keys whose messages are applied: this node's and `[cluster] trusted_keys`.
     pub verifier: Verifier,
+    /// Positions up to this one predate signing: unsigned messages there are applied.
+    pub unsigned_through: u64,
     /// Stream messages skipped because no trusted key signed them for their position.
     pub stream_rejected: AtomicU64,
     /// Presence messages ignored because no trusted key signed them.
@@ -110,6 +112,7 @@ impl Cluster {
         settings: ClusterSettings,
         applied: u64,
         verifier: Verifier,
+        unsigned_through: u64,
     ) -> Self {
         let instance = uuid::Uuid::new_v4().to_string();
         Cluster {
@@ -142,6 +145,7 @@ impl Cluster {
             },
             writer_turn: tokio::sync::Mutex::new(()),
             verifier,
+            unsigned_through,
             stream_rejected: AtomicU64::new(0),
             presence_rejected: AtomicU64::new(0),
             announce_wanted: tokio::sync::Notify::new(),

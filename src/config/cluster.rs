@@ -87,6 +87,9 @@ pub struct StreamTrust {
     /// Public keys (`U…`) accepted besides the node's own: one per other node, and the new
     /// key while keys are rotated.
     pub trusted_keys: Vec<String>,
+    /// Stream positions up to this one were written before nodes signed (an upgrade from an
+    /// unsigned version): unsigned messages there are applied as before. 0: none.
+    pub unsigned_through: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +102,7 @@ pub(super) struct FileCluster {
     replicas: Option<usize>,
     signing_key: Option<PathBuf>,
     trusted_keys: Option<Vec<String>>,
+    unsigned_through: Option<u64>,
     nats_user: Option<String>,
     nats_password: Option<String>,
     nats_token: Option<String>,
@@ -130,6 +134,7 @@ impl FileCluster {
             trust.signing_key = Some(p);
         }
         set(&mut trust.trusted_keys, self.trusted_keys);
+        set(&mut trust.unsigned_through, self.unsigned_through);
         let or = |slot: &mut Option<PathBuf>, v: Option<PathBuf>| {
             if v.is_some() {
                 *slot = v;
@@ -153,7 +158,8 @@ impl FileCluster {
 }
 
 /// The environment's part: `SNAPTRACK_AUTH_SIGNING_KEY`, `SNAPTRACK_AUTH_TRUSTED_KEYS`
-/// (comma-separated), `SNAPTRACK_AUTH_NATS_PASSWORD`, `SNAPTRACK_AUTH_NATS_TOKEN`.
+/// (comma-separated), `SNAPTRACK_AUTH_UNSIGNED_THROUGH`, `SNAPTRACK_AUTH_NATS_PASSWORD`,
+/// `SNAPTRACK_AUTH_NATS_TOKEN`.
 pub(super) fn apply_env(
     env: &impl Fn(&str) -> Option<String>,
     trust: &mut StreamTrust,
@@ -169,6 +175,9 @@ pub(super) fn apply_env(
             .filter(|k| !k.is_empty())
             .map(str::to_owned)
             .collect();
+    }
+    if let Some(n) = env("SNAPTRACK_AUTH_UNSIGNED_THROUGH").and_then(|n| n.trim().parse().ok()) {
+        trust.unsigned_through = n;
     }
     if let Some(p) = env("SNAPTRACK_AUTH_NATS_PASSWORD").filter(|p| !p.is_empty()) {
         auth.password = Some(Secret(p));

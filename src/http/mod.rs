@@ -381,6 +381,7 @@ impl Application {
                     settings.cluster,
                     state.applied_seq(),
                     verifier,
+                    settings.trust.unsigned_through,
                 ));
                 let tasks = replicator::start(cluster.clone(), state.clone(), log.clone());
                 let writer = Writer::clustered(state.clone(), log.clone(), cluster.clone()).start();

@@ -405,3 +405,91 @@ async fn a_replayed_announcement_of_an_earlier_process_stops_nothing() {
         .iter()
         .all(|l| !l.contains("another process announces")));
 }
+
+#[tokio::test]
+async fn history_written_before_signing_is_applied_only_up_to_unsigned_through() {
+    // A stream written by nodes of the version before signing: a user and a token, unsigned.
+    let nats = crate::nats::NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "SNAPTRACK_AUTH".into(),
+        subjects: vec!["snaptrack.auth.v1.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let token = ApiToken::generate();
+    let registered: Value = serde_json::from_str(include_str!(
+        "../../events/fixtures/user_registered.v1.json"
+    ))
+    .unwrap();
+    let template: Value =
+        serde_json::from_str(include_str!("../../events/fixtures/token_issued.v1.json")).unwrap();
+    let mut issued_v = serde_json::from_slice::<Value>(&issued(&template, &token, 2)).unwrap();
+    issued_v["data"]["user_id"] = 1.into();
+    forge(
+        &js,
+        "snaptrack.auth.v1.user.registered",
+        serde_json::to_vec(&registered).unwrap(),
+        None,
+    )
+    .await;
+    forge(
+        &js,
+        "snaptrack.auth.v1.token.issued",
+        serde_json::to_vec(&issued_v).unwrap(),
+        None,
+    )
+    .await;
+    // Upgraded with the operator's word that positions 1-2 predate signing: applied.
+    let upgraded = crate::helpers::spawn_app_with(Opts {
+        config: Some(CLUSTER_CONFIG.into()),
+        env: [
+            nats.node_env("a"),
+            vec![("SNAPTRACK_AUTH_UNSIGNED_THROUGH".into(), "2".into())],
+        ]
+        .concat(),
+        ..Default::default()
+    })
+    .await;
+    upgraded.wait_ready().await;
+    assert_eq!(
+        upgraded.get_test(token.expose()).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        metric(&upgraded, "snaptrack_stream_rejected_total").await,
+        0.0
+    );
+    // An unsigned message after that position is not history: passed over.
+    let later = ApiToken::generate();
+    let mut forged = serde_json::from_slice::<Value>(&issued(&template, &later, 3)).unwrap();
+    forged["data"]["user_id"] = 1.into();
+    forge(
+        &js,
+        "snaptrack.auth.v1.token.issued",
+        serde_json::to_vec(&forged).unwrap(),
+        None,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&upgraded, "snaptrack_stream_rejected_total").await < 1.0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        upgraded.get_test(later.expose()).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Without the setting, the unsigned history is someone else's: nothing of it applies.
+    let strict = spawn_node(&nats, "b", CLUSTER_CONFIG).await;
+    assert_eq!(
+        strict.get_test(token.expose()).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        metric(&strict, "snaptrack_stream_rejected_total").await,
+        3.0
+    );
+}
