@@ -355,10 +355,20 @@ async fn the_readme_deployment_lets_subscribers_read_and_not_write() {
         .await
         .unwrap();
     subscriber.flush().await.unwrap();
-    // The nodes may have flushed usage meanwhile; nothing of the subscriber's landed.
-    let now_last = stream.info().await.unwrap().state.last_sequence;
+    // The nodes may have flushed usage meanwhile; nothing of the subscriber's landed. (Read
+    // with the nodes' rights: a subscriber consumes, it does not fetch single messages.)
+    let reader = async_nats::ConnectOptions::new()
+        .user_and_password("snaptrack-node".into(), node_password.clone())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let mut stored = async_nats::jetstream::new(reader)
+        .get_stream("SNAPTRACK_AUTH")
+        .await
+        .unwrap();
+    let now_last = stored.info().await.unwrap().state.last_sequence;
     for seq in last + 1..=now_last {
-        let m = stream.get_raw_message(seq).await.unwrap();
+        let m = stored.get_raw_message(seq).await.unwrap();
         assert_ne!(
             &m.payload[..],
             b"forged",
