@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn token_changes_through_the_dashboard_are_throttled_per_user() {
     let app =
-        spawn_app_with_config("[throttle]\ntoken_changes = 4\ntoken_changes_window_secs = 600\n")
+        spawn_app_with_config("[throttle]\ntoken_changes = 4\ntoken_changes_window_secs = 86400\n")
             .await;
     app.create_user("ann@example.com", "pro").await;
     app.create_user("bob@example.com", "pro").await;
@@ -55,7 +55,7 @@ async fn token_changes_through_the_dashboard_are_throttled_per_user() {
 
 #[tokio::test]
 async fn failed_logins_are_throttled_per_account_from_any_address_and_for_unknown_emails() {
-    let config = "[throttle]\nlogin_failures = 100\naccount_login_failures = 5\naccount_login_window_secs = 600\n";
+    let config = "[throttle]\nlogin_failures = 100\naccount_login_failures = 5\naccount_login_window_secs = 86400\n";
     let app = spawn_app_with_config(config).await;
     app.create_user("ann@example.com", "pro").await;
     app.create_user("bob@example.com", "pro").await;
