@@ -222,6 +222,13 @@ fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> Strin
     format!("{signed}.{}", b64(&sig))
 }
 
+/// A `.creds` file: a user's JWT and its nkey seed, as `nsc` writes them.
+fn creds_file(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+}
+
 #[tokio::test]
 async fn a_creds_file_in_operator_mode() {
     // An operator, an account with JetStream, a user: the JWTs `nsc` would make.
@@ -263,13 +270,7 @@ async fn a_creds_file_in_operator_mode() {
     let nats = NatsServer::start_with_config(&conf);
     let seed = user.seed().unwrap();
     let creds = nats.file("node.creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&creds, creds_file(&user_jwt, &seed)).unwrap();
     let app = node_with(
         &nats,
         "a",
@@ -286,14 +287,7 @@ async fn a_creds_file_in_operator_mode() {
         json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
     );
     let other = nats.file("other.creds");
-    std::fs::write(
-        &other,
-        format!(
-            "-----BEGIN NATS USER JWT-----\n{forged}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
-            stranger.seed().unwrap()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&other, creds_file(&forged, &stranger.seed().unwrap())).unwrap();
     let err = refused(
         &nats,
         &nats.url(),

@@ -426,8 +426,11 @@ async fn history_written_before_signing_is_applied_only_up_to_unsigned_through()
     .unwrap();
     let template: Value =
         serde_json::from_str(include_str!("../../events/fixtures/token_issued.v1.json")).unwrap();
-    let mut issued_v = serde_json::from_slice::<Value>(&issued(&template, &token, 2)).unwrap();
-    issued_v["data"]["user_id"] = 1.into();
+    let for_user_1 = |token: &ApiToken, seq| {
+        let mut v = serde_json::from_slice::<Value>(&issued(&template, token, seq)).unwrap();
+        v["data"]["user_id"] = 1.into();
+        serde_json::to_vec(&v).unwrap()
+    };
     forge(
         &js,
         "snaptrack.auth.v1.user.registered",
@@ -438,7 +441,7 @@ async fn history_written_before_signing_is_applied_only_up_to_unsigned_through()
     forge(
         &js,
         "snaptrack.auth.v1.token.issued",
-        serde_json::to_vec(&issued_v).unwrap(),
+        for_user_1(&token, 2),
         None,
     )
     .await;
@@ -464,12 +467,10 @@ async fn history_written_before_signing_is_applied_only_up_to_unsigned_through()
     );
     // An unsigned message after that position is not history: passed over.
     let later = ApiToken::generate();
-    let mut forged = serde_json::from_slice::<Value>(&issued(&template, &later, 3)).unwrap();
-    forged["data"]["user_id"] = 1.into();
     forge(
         &js,
         "snaptrack.auth.v1.token.issued",
-        serde_json::to_vec(&forged).unwrap(),
+        for_user_1(&later, 3),
         None,
     )
     .await;
