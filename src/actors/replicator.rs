@@ -175,18 +175,10 @@ async fn receive(
     }
     // Only a trusted node's signature over this subject and these bytes makes a message an
     // event; anything else on the subjects is someone else's and must not stop the node.
-    let header = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(SIGNATURE))
-        .map(|v| v.as_str());
+    let header = header_of(&msg, SIGNATURE);
     // An event published to follow another carries that condition, and the signature
     // covers it (see `signing`).
-    let predecessor = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID))
-        .map(|v| v.as_str());
+    let predecessor = header_of(&msg, "Nats-Expected-Last-Msg-Id");
     // What this node published itself, byte for byte and following nothing, is its own
     // event: no need to check its signature (every node checks the others').
     let own = predecessor.is_none() && cluster.bus.published_here(seq, &msg.payload);
@@ -311,13 +303,17 @@ async fn announce(cluster: Arc<Cluster>, state: Arc<State>) {
     }
 }
 
+/// A message's header `name`, if it has one.
+fn header_of<'m>(msg: &'m async_nats::Message, name: &'static str) -> Option<&'m str> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+}
+
 /// The announcement in a presence message, if a trusted node signed it lately.
 fn heard(cluster: &Cluster, msg: &async_nats::Message) -> Result<Announcement, String> {
-    let header = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(SIGNATURE))
-        .map(|v| v.as_str());
+    let header = header_of(msg, SIGNATURE);
     let checked = serde_json::from_slice::<Announcement>(&msg.payload)
         .map_err(|e| e.to_string())
         .and_then(|a| {

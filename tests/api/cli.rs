@@ -232,19 +232,24 @@ async fn test_token_reports_the_user_and_limit_or_the_servers_error() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[tokio::test]
-async fn demo_creates_a_pro_user_once() {
-    let mut app = spawn_app().await;
-    app.stop().await;
-    app.start(&["--demo"]).await;
+/// The email and password `--demo` printed ("demo user created: email E password P").
+fn demo_credentials(app: &TestApp) -> (String, String) {
     let line = app
         .output()
         .into_iter()
         .find(|l| l.starts_with("demo user created"))
         .expect("credentials printed");
     let parts: Vec<&str> = line.split_whitespace().collect();
-    let (email, password) = (parts[4], parts[6]);
-    let r = app.login(email, password).await;
+    (parts[4].to_owned(), parts[6].to_owned())
+}
+
+#[tokio::test]
+async fn demo_creates_a_pro_user_once() {
+    let mut app = spawn_app().await;
+    app.stop().await;
+    app.start(&["--demo"]).await;
+    let (email, password) = demo_credentials(&app);
+    let r = app.login(&email, &password).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(body(r).await["user"]["subscription_tier"], "pro");
     app.stop().await;
@@ -264,12 +269,7 @@ async fn the_demo_password_follows_the_configured_policy() {
     let mut app = spawn_app_with_config("min_password_length = 32\n").await;
     app.stop().await;
     app.start(&["--demo"]).await;
-    let line = app
-        .output()
-        .into_iter()
-        .find(|l| l.starts_with("demo user created"))
-        .expect("credentials printed");
-    let parts: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(parts[6].chars().count(), 32);
-    assert_eq!(app.login(parts[4], parts[6]).await.status(), StatusCode::OK);
+    let (email, password) = demo_credentials(&app);
+    assert_eq!(password.chars().count(), 32);
+    assert_eq!(app.login(&email, &password).await.status(), StatusCode::OK);
 }

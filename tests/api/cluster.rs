@@ -1,6 +1,6 @@
 //! Cluster mode: a `nats-server` of the test's own and three real nodes (`a`, `b`, `c`).
 
-use crate::helpers::{body, churn, Acked, PASSWORD};
+use crate::helpers::{applied_seq, body, churn, metric, Acked, PASSWORD};
 use crate::nats::{spawn_cluster, spawn_cluster_with, spawn_node, CLUSTER_CONFIG};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -8,14 +8,6 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A gauge or counter from a node's `/metrics`.
-async fn metric(app: &crate::helpers::TestApp, name: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
 
 /// A user's tokens as a node lists them: id and revocation time (usage counts, which
 /// arrive with the next flush, left out).
@@ -27,12 +19,6 @@ async fn token_list(app: &crate::helpers::TestApp, user: u64) -> Vec<(Value, Val
         .iter()
         .map(|t| (t["id"].clone(), t["revoked_at"].clone()))
         .collect()
-}
-
-async fn applied_seq(app: &crate::helpers::TestApp) -> u64 {
-    body(app.get("/readyz").await).await["applied_seq"]
-        .as_u64()
-        .unwrap()
 }
 
 #[tokio::test]

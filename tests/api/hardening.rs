@@ -365,27 +365,23 @@ async fn a_forgotten_token_is_refused_on_every_node_without_a_catch_up() {
         assert_eq!(a.revoke_admin(&id).await.status(), StatusCode::OK);
         ended.push(token);
     }
-    let before = misses(b).await;
+    let before = metric(b, "snaptrack_catchup_misses_total").await;
     for token in &ended[..2] {
         assert_eq!(b.get_test(token).await.status(), StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(misses(b).await, before, "no catch-up for a forgotten token");
+    assert_eq!(
+        metric(b, "snaptrack_catchup_misses_total").await,
+        before,
+        "no catch-up for a forgotten token"
+    );
     // A token nobody issued still makes the node catch up first (read-your-writes).
     let unknown = snaptrack_auth::domain::ApiToken::generate();
     assert_eq!(
         b.get_test(unknown.expose()).await.status(),
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(misses(b).await, before + 1.0);
-}
-
-async fn misses(app: &TestApp) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("snaptrack_catchup_misses_total ")?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap()
+    assert_eq!(
+        metric(b, "snaptrack_catchup_misses_total").await,
+        before + 1.0
+    );
 }

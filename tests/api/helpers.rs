@@ -554,3 +554,18 @@ pub fn client_from(addr: &str) -> Client {
         .build()
         .unwrap()
 }
+
+/// A gauge or counter from a node's `/metrics`.
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// How far a node has applied the log, as `/readyz` says.
+pub async fn applied_seq(app: &TestApp) -> u64 {
+    body(app.get("/readyz").await).await["applied_seq"]
+        .as_u64()
+        .unwrap()
+}

@@ -2,7 +2,7 @@
 //! are never applied and never stop a node. The attacker is a plain NATS client (the
 //! `async_nats` crate, none of our code) with publish rights on the stream's subjects.
 
-use crate::helpers::{body, spawn_app_with, Opts};
+use crate::helpers::{applied_seq, body, metric, spawn_app_with, Opts};
 use crate::nats::{spawn_cluster, spawn_node, CLUSTER_CONFIG};
 use async_nats::jetstream;
 use futures_util::StreamExt;
@@ -11,19 +11,6 @@ use serde_json::Value;
 use sha2::Digest;
 use snaptrack_auth::domain::ApiToken;
 use std::time::{Duration, Instant};
-
-async fn metric(app: &crate::helpers::TestApp, name: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
-async fn applied_seq(app: &crate::helpers::TestApp) -> u64 {
-    body(app.get("/readyz").await).await["applied_seq"]
-        .as_u64()
-        .unwrap()
-}
 
 /// The stream's last sequence.
 async fn stream_last(js: &jetstream::Context) -> u64 {
