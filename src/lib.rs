@@ -46,6 +46,7 @@ pub mod command;
 pub mod config;
 pub mod domain;
 pub mod event;
+pub mod history;
 pub mod http;
 pub mod replay;
 pub mod signing;

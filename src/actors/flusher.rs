@@ -1,18 +1,65 @@
-use super::writer::{FlushUsage, Writer};
+use super::writer::{FlushUsage, WriteError, Writer};
+use crate::history::UsageCheckpoint;
+use crate::state::State;
 use actix::prelude::*;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Asks the writer to flush usage every `interval`. The final flush at shutdown is sent by
-/// the application after the HTTP server has drained its requests.
+/// Every `interval`: asks the writer to record the rate-limit windows that closed, then
+/// overwrites the checkpoint of the open ones. The last round at shutdown is run by the
+/// application after the HTTP server has drained its requests ([`flush_and_checkpoint`]).
 pub struct UsageFlusher {
     writer: Addr<Writer>,
+    state: Arc<State>,
+    checkpoint: Arc<UsageCheckpoint>,
     interval: Duration,
 }
 
 impl UsageFlusher {
-    pub fn new(writer: Addr<Writer>, interval: Duration) -> Self {
-        UsageFlusher { writer, interval }
+    pub fn new(
+        writer: Addr<Writer>,
+        state: Arc<State>,
+        checkpoint: Arc<UsageCheckpoint>,
+        interval: Duration,
+    ) -> Self {
+        UsageFlusher {
+            writer,
+            state,
+            checkpoint,
+            interval,
+        }
     }
+}
+
+/// Why a round of [`flush_and_checkpoint`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("usage flush failed: {0}")]
+    Write(#[from] WriteError),
+    #[error("writer unavailable: {0}")]
+    Mailbox(#[from] MailboxError),
+    #[error("usage checkpoint failed: {0}")]
+    Checkpoint(String),
+}
+
+/// One round: records the closed windows (durably), then checkpoints the open ones. In that
+/// order, so that a window's checkpoint row only goes once its record is in the log; a
+/// failed flush skips the checkpoint, and what changed is saved by the next round. Returns
+/// how many records were written.
+pub async fn flush_and_checkpoint(
+    writer: &Addr<Writer>,
+    state: &Arc<State>,
+    checkpoint: &Arc<UsageCheckpoint>,
+) -> Result<usize, FlushError> {
+    let _turn = checkpoint.turn.lock().await;
+    let written = writer.send(FlushUsage).await??;
+    let images = state.rate_limits.checkpoint();
+    let cp = checkpoint.clone();
+    tokio::task::spawn_blocking(move || cp.save(&images))
+        .await
+        .map_err(|e| FlushError::Checkpoint(e.to_string()))?
+        .map_err(|e| FlushError::Checkpoint(e.to_string()))?;
+    Ok(written)
 }
 
 impl Actor for UsageFlusher {
@@ -20,12 +67,14 @@ impl Actor for UsageFlusher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.interval, |act, _| {
-            let writer = act.writer.clone();
+            let (writer, state, cp) = (
+                act.writer.clone(),
+                act.state.clone(),
+                act.checkpoint.clone(),
+            );
             actix::spawn(async move {
-                match writer.send(FlushUsage).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "usage flush failed"),
-                    Err(e) => tracing::error!(error = %e, "writer unavailable for usage flush"),
+                if let Err(e) = flush_and_checkpoint(&writer, &state, &cp).await {
+                    tracing::error!(error = %e, "usage round failed");
                 }
             });
         });

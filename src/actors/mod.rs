@@ -11,5 +11,5 @@ mod flusher;
 pub mod replicator;
 mod writer;
 
-pub use flusher::UsageFlusher;
+pub use flusher::{flush_and_checkpoint, FlushError, UsageFlusher};
 pub use writer::{Execute, FlushUsage, WriteError, Writer};

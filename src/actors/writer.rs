@@ -148,7 +148,7 @@ impl Handler<FlushUsage> for Writer {
         if let Some(cluster) = &self.cluster {
             return Box::pin(flush_clustered(self.state.clone(), cluster.clone()));
         }
-        let usage = self.state.rate_limits.drain();
+        let usage = self.state.rate_limits.drain(Utc::now().timestamp());
         if usage.is_empty() {
             return Box::pin(async { Ok(0) });
         }
@@ -178,7 +178,7 @@ async fn execute_clustered(
 /// that found its node's share of a limit used can ask for one and then look again.
 async fn flush_clustered(state: Arc<State>, cluster: Arc<Cluster>) -> Result<usize, WriteError> {
     let _turn = cluster.writer_turn.lock().await;
-    let usage = state.rate_limits.drain();
+    let usage = state.rate_limits.drain(Utc::now().timestamp());
     if usage.is_empty() {
         return Ok(0);
     }

@@ -522,6 +522,12 @@ impl SledLog {
         Ok(())
     }
 
+    /// A tree of the log's database beside the events, for state kept in place rather than
+    /// appended (see [`crate::history`]). Writes to it share the log's flushes.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, LogError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// Saves how many tokens the state holds, for the next start's replay to size its maps
     /// (see [`SledLog::replay_into`]).
     pub fn save_token_count(&self, tokens: usize) -> Result<(), LogError> {

@@ -3,9 +3,11 @@
 //! `[tiers.pro]` keeps the defaults for everything else.
 
 mod cluster;
+mod history;
 mod throttle;
 
 pub use cluster::{redact_url, ClusterSettings, NatsAuth, Secret, StreamTrust};
+pub use history::History;
 pub use throttle::{Throttle, MIN_ADMIN_TOKEN_LEN};
 
 use crate::domain::Tier;
@@ -50,6 +52,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub tiers: [TierSettings; 4],
     pub throttle: Throttle,
+    /// Snapshots and usage retention (`[history]`).
+    pub history: History,
     /// Shortest password accepted wherever one is set.
     pub min_password_length: usize,
     /// The session cookie always carries `Secure` (TLS ends before this service, and the
@@ -89,6 +93,7 @@ impl std::fmt::Debug for Settings {
             )
             .field("tiers", &self.tiers)
             .field("throttle", &self.throttle)
+            .field("history", &self.history)
             .field("min_password_length", &self.min_password_length)
             .field("cookie_secure", &self.cookie_secure)
             .field("ops_listen", &self.ops_listen)
@@ -130,6 +135,7 @@ impl Default for Settings {
                 paid(100),
             ],
             throttle: Throttle::default(),
+            history: History::default(),
             min_password_length: 12,
             cookie_secure: false,
             ops_listen: None,
@@ -163,6 +169,8 @@ struct FileConfig {
     tiers: FileTiers,
     #[serde(default)]
     throttle: throttle::FileThrottle,
+    #[serde(default)]
+    history: history::FileHistory,
     min_password_length: Option<usize>,
     cookie_secure: Option<bool>,
     ops: Option<FileOps>,
@@ -346,6 +354,7 @@ impl Settings {
             }
         }
         f.throttle.apply(&mut self.throttle);
+        f.history.apply(&mut self.history);
         set(&mut self.min_password_length, f.min_password_length);
         set(&mut self.cookie_secure, f.cookie_secure);
         if let Some(listen) = f.ops.and_then(|o| o.listen) {
@@ -385,6 +394,7 @@ impl Settings {
             }
         }
         self.throttle.check()?;
+        self.history.check()?;
         if self.min_password_length < 8 {
             return bad("min_password_length", "must be at least 8");
         }

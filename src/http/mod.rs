@@ -15,12 +15,13 @@ pub mod public;
 pub mod throttle;
 pub mod tokens;
 
-use crate::actors::{replicator, Execute, FlushUsage, UsageFlusher, Writer};
+use crate::actors::{flush_and_checkpoint, replicator, Execute, UsageFlusher, Writer};
 use crate::bus::{JetStreamBus, LogError, SledLog};
 use crate::cluster::Cluster;
 use crate::command::{Command, CommandError};
 use crate::config::Settings;
 use crate::domain::{Email, Password, Tier, UserName};
+use crate::history::{SnapshotStore, UsageCheckpoint};
 use crate::signing::{Signer, Verifier};
 use crate::state::{State, TierTable};
 use actix::{Actor, Addr};
@@ -38,6 +39,8 @@ pub struct AppState {
     pub state: Arc<State>,
     pub writer: Addr<Writer>,
     pub log: Arc<SledLog>,
+    /// Where this node's snapshots are, and the newest one's sequence number and age.
+    pub snapshots: Arc<SnapshotStore>,
     /// `Some` in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
     /// Per-tier limits, copied out of the settings so the verify path reads one small array.
@@ -96,6 +99,10 @@ pub struct Application {
     log: Arc<SledLog>,
     /// Read at shutdown, for the token count the next start sizes its maps with.
     state: Arc<State>,
+    /// Saved at shutdown, after the last usage flush.
+    checkpoint: Arc<UsageCheckpoint>,
+    /// A snapshot is taken at every clean stop.
+    snapshots: Arc<SnapshotStore>,
     cluster: Option<Arc<Cluster>>,
     /// Cluster mode's replicator and announcer.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -248,8 +255,17 @@ fn ops_server(
     Ok((server, bound))
 }
 
-/// Opens the log in `settings.data` and replays it into a fresh state.
-pub fn open_and_replay(settings: &Settings) -> Result<(Arc<SledLog>, Arc<State>), StartError> {
+/// What start-up restored: the log, the state, and the usage checkpoint.
+pub struct Restored {
+    pub log: Arc<SledLog>,
+    pub state: Arc<State>,
+    pub checkpoint: Arc<UsageCheckpoint>,
+    pub snapshots: Arc<SnapshotStore>,
+}
+
+/// Opens the log in `settings.data`, replays it into a fresh state, and puts the
+/// checkpointed rate-limit windows back.
+pub fn open_and_replay(settings: &Settings) -> Result<Restored, StartError> {
     let log = Arc::new(SledLog::open(&settings.data)?);
     // Embedded logs number events themselves; cluster logs mirror the stream's numbers. One
     // data directory holds one kind: mixing them would apply unrelated events on top.
@@ -273,19 +289,50 @@ pub fn open_and_replay(settings: &Settings) -> Result<(Arc<SledLog>, Arc<State>)
         Some(_) => {}
         None => log.set_meta("mode", mode)?,
     }
-    let state = Arc::new(State::new(&settings.node_id));
-    if settings.nats.is_some() {
-        // Cluster mode: nodes claim their requests before admitting them (one global limit).
-        state.rate_limits.use_claims();
-    }
+    // Cluster mode: nodes claim their requests before admitting them (one global limit).
+    let claims = settings.nats.is_some();
     let started = std::time::Instant::now();
+    let snapshots = Arc::new(SnapshotStore::new(
+        &settings.data,
+        settings.history.snapshots_kept,
+    ));
+    let state = match snapshots
+        .newest_valid(log.last_seq())
+        .map_err(|e| StartError::Other(e.to_string()))?
+    {
+        Some(loaded) => {
+            tracing::info!(
+                seq = loaded.image.applied_seq,
+                path = %loaded.path.display(),
+                "snapshot restored"
+            );
+            State::from_image(&settings.node_id, claims, loaded.image)
+        }
+        None => {
+            let state = State::new(&settings.node_id);
+            if claims {
+                state.rate_limits.use_claims();
+            }
+            state
+        }
+    };
+    let state = Arc::new(state);
     let n = log.replay_into(&state)?;
     tracing::info!(
         events = n,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "log replayed"
     );
-    Ok((log, state))
+    let checkpoint = Arc::new(UsageCheckpoint::open(&log)?);
+    let windows = checkpoint.load()?;
+    tracing::debug!(windows = windows.len(), "usage checkpoint restored");
+    state.rate_limits.restore_checkpoint(windows);
+    Ok(Restored {
+        log,
+        state,
+        checkpoint,
+        snapshots,
+    })
 }
 
 async fn ensure_demo_user(
@@ -358,7 +405,12 @@ impl Application {
             Some(url) => Some((url.clone(), load_keys(&settings)?)),
             None => None,
         };
-        let (log, state) = open_and_replay(&settings)?;
+        let Restored {
+            log,
+            state,
+            checkpoint,
+            snapshots,
+        } = open_and_replay(&settings)?;
         let (writer, cluster, tasks) = match keys {
             None => (
                 Writer::new(state.clone(), log.clone(), settings.node_id.clone()).start(),
@@ -388,7 +440,21 @@ impl Application {
                 (writer, Some(cluster), tasks)
             }
         };
-        UsageFlusher::new(writer.clone(), settings.usage_flush).start();
+        let mut tasks = tasks;
+        tasks.push(tokio::spawn(crate::history::snapshot_periodically(
+            state.clone(),
+            log.clone(),
+            snapshots.clone(),
+            settings.history.snapshot_every_events,
+            settings.history.snapshot_every,
+        )));
+        UsageFlusher::new(
+            writer.clone(),
+            state.clone(),
+            checkpoint.clone(),
+            settings.usage_flush,
+        )
+        .start();
         let demo = if settings.demo {
             Some(ensure_demo_user(&state, &writer, settings.min_password_length).await?)
         } else {
@@ -408,6 +474,7 @@ impl Application {
             state: state.clone(),
             writer: writer.clone(),
             log: log.clone(),
+            snapshots: snapshots.clone(),
             cluster: cluster.clone(),
             tiers: settings.tier_table(),
             settings: settings.clone(),
@@ -507,6 +574,8 @@ impl Application {
             writer,
             log,
             state,
+            checkpoint,
+            snapshots,
             cluster,
             tasks,
             demo,
@@ -567,10 +636,9 @@ impl Application {
                 result?;
             }
         }
-        match self.writer.send(FlushUsage).await {
-            Ok(Ok(n)) => tracing::info!(events = n, "usage flushed at shutdown"),
-            Ok(Err(e)) => tracing::error!(error = %e, "usage flush at shutdown failed"),
-            Err(e) => tracing::error!(error = %e, "writer gone at shutdown"),
+        match flush_and_checkpoint(&self.writer, &self.state, &self.checkpoint).await {
+            Ok(n) => tracing::info!(events = n, "usage recorded and checkpointed at shutdown"),
+            Err(e) => tracing::error!(error = %e, "usage round at shutdown failed"),
         }
         // Stop the replicator and the announcer first, so that no tick announces this node
         // as live again after it said it leaves.
@@ -588,6 +656,11 @@ impl Application {
         }
         if let Err(e) = self.log.save_token_count(self.state.tokens.len()) {
             tracing::warn!(error = %e, "could not save the token count for the next start");
+        }
+        match crate::history::take(&self.state, &self.log, &self.snapshots).await {
+            Ok(Some(seq)) => tracing::info!(seq, "snapshot taken at shutdown"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "snapshot at shutdown failed"),
         }
         Ok(())
     }

@@ -61,6 +61,21 @@ pub async fn metrics(req: actix_web::HttpRequest, app: web::Data<AppState>) -> H
             app.state.tokens.len() as f64,
         ),
     ];
+    gauges.push((
+        "snaptrack_snapshot_seq",
+        "Sequence number of the newest snapshot of this node (0: none yet).",
+        app.snapshots
+            .status
+            .get()
+            .map_or(0.0, |(seq, _)| seq as f64),
+    ));
+    if let Some((_, taken_at)) = app.snapshots.status.get() {
+        gauges.push((
+            "snaptrack_snapshot_age_seconds",
+            "Seconds since the newest snapshot of this node was taken.",
+            (chrono::Utc::now().timestamp() - taken_at).max(0) as f64,
+        ));
+    }
     if let Some(c) = &app.cluster {
         let stream_last = c.stream_last.load(Ordering::Relaxed);
         gauges.extend([

@@ -8,12 +8,14 @@
 //! - the dashboard and admin API read the [`Directory`] behind a read-write lock that is only
 //!   held for map operations, never across an `.await`.
 
+pub mod image;
 mod ratelimit;
 mod records;
 pub mod retention;
 mod verify;
 
-pub use ratelimit::{RateInfo, RateLimits};
+pub use image::Image;
+pub use ratelimit::{BucketImage, RateInfo, RateLimits, WindowImage};
 pub use records::TokenRecords;
 pub use verify::{Denied, TierTable, Verified};
 
@@ -130,6 +132,9 @@ pub struct State {
     poisoned: std::sync::atomic::AtomicBool,
     /// This node's id: its own `usage_recorded` events settle its in-flight counts.
     local_node: String,
+    /// Held by each apply and by [`State::image`], so an image is taken between two applies.
+    /// Only ever contended by an image being taken (every few minutes).
+    apply_gate: parking_lot::Mutex<()>,
 }
 
 impl State {
@@ -144,6 +149,7 @@ impl State {
             applied_seq: AtomicU64::new(0),
             poisoned: std::sync::atomic::AtomicBool::new(false),
             local_node: local_node.to_owned(),
+            apply_gate: parking_lot::Mutex::new(()),
         }
     }
 
@@ -188,6 +194,7 @@ impl State {
     /// mode: a message on the stream that no trusted node signed). Same order rule as
     /// [`State::apply`]; nothing else changes.
     pub fn pass_over(&self, seq: u64) -> Result<(), ApplyError> {
+        let _gate = self.apply_gate.lock();
         let expected = self.applied_seq() + 1;
         if seq != expected {
             return Err(ApplyError {
@@ -206,6 +213,7 @@ impl State {
         node_id: &str,
         event: Event,
     ) -> Result<(), ApplyError> {
+        let _gate = self.apply_gate.lock();
         let expected = self.applied_seq() + 1;
         if seq != expected {
             return Err(ApplyError {
@@ -389,11 +397,21 @@ impl State {
         self.directory.read().token_records.get(&id).cloned()
     }
 
-    /// A user's tokens, newest first.
+    /// A user's tokens, newest first, with the usage not in the log yet (the open rate-limit
+    /// window's) added to what the log holds.
     pub fn tokens_of(&self, user: UserId) -> Vec<TokenRecord> {
-        let d = self.directory.read();
-        let mut out: Vec<TokenRecord> = d.token_records.of_user(user).rev().cloned().collect();
+        let mut out: Vec<TokenRecord> = {
+            let d = self.directory.read();
+            d.token_records.of_user(user).rev().cloned().collect()
+        };
         out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+        for (token, requests, at) in self.rate_limits.unrecorded(user) {
+            if let Some(rec) = out.iter_mut().find(|r| r.id == token) {
+                rec.requests += u64::from(requests);
+                let at = chrono::TimeZone::timestamp_opt(&Utc, at, 0).single();
+                rec.last_used_at = rec.last_used_at.max(at);
+            }
+        }
         out
     }
 

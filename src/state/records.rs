@@ -130,6 +130,13 @@ impl TokenRecords {
             .filter_map(|&pos| self.at(pos))
     }
 
+    /// Every user with records, by id.
+    pub fn users(&self) -> Vec<UserId> {
+        let mut out: Vec<UserId> = self.by_user.keys().copied().collect();
+        out.sort();
+        out
+    }
+
     /// Every record, by position (issue order until records are removed).
     pub fn iter(&self) -> impl Iterator<Item = &TokenRecord> + '_ {
         self.chunks.iter().flatten().flatten()

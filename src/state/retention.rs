@@ -73,6 +73,42 @@ impl Endings {
         evicted
     }
 
+    /// Every user's expiring and ended tokens, by user (for snapshots).
+    #[allow(clippy::type_complexity)]
+    pub fn export(
+        &self,
+    ) -> Vec<(
+        UserId,
+        Vec<(DateTime<Utc>, TokenId)>,
+        Vec<(DateTime<Utc>, TokenId)>,
+    )> {
+        let mut out: Vec<_> = self
+            .users
+            .iter()
+            .map(|(u, e)| {
+                (
+                    *u,
+                    e.expiring.iter().copied().collect(),
+                    e.ended.iter().copied().collect(),
+                )
+            })
+            .collect();
+        out.sort_by_key(|(u, _, _)| *u);
+        out
+    }
+
+    /// Puts one user's exported endings back.
+    pub fn import(
+        &mut self,
+        user: UserId,
+        expiring: Vec<(DateTime<Utc>, TokenId)>,
+        ended: Vec<(DateTime<Utc>, TokenId)>,
+    ) {
+        let u = self.users.entry(user).or_default();
+        u.expiring.extend(expiring);
+        u.ended.extend(ended);
+    }
+
     /// Moves what expired by `at` to the ended, then evicts beyond the bound.
     fn settle(u: &mut UserEndings, at: DateTime<Utc>) -> Vec<TokenId> {
         while let Some(&(e, id)) = u.expiring.first() {

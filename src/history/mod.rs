@@ -1,0 +1,81 @@
+//! History that grows with what the service knows, not with its traffic.
+//!
+//! - [`UsageCheckpoint`]: the open rate-limit windows, overwritten in place every flush, so a
+//!   restart (even after `kill -9`) restores them without their requests ever being events.
+//! - [`snapshot`]: the whole state at a sequence number, so a start replays only what
+//!   followed it; [`take`] writes one.
+//!
+//! Owns: state kept beside the log rather than in it. May not touch: the log's events (only
+//! the writer appends) or the projections' internals (it reads them through `State`).
+
+mod checkpoint;
+pub mod snapshot;
+
+pub use checkpoint::UsageCheckpoint;
+pub use snapshot::{SnapshotError, SnapshotStore};
+
+use crate::bus::SledLog;
+use crate::state::State;
+use std::sync::Arc;
+
+/// Takes a snapshot of `state` now: the image between two applies, then (once the log is
+/// durable that far) the file. Returns its sequence number; `None` when the newest snapshot
+/// already stands there.
+pub async fn take(
+    state: &Arc<State>,
+    log: &Arc<SledLog>,
+    store: &Arc<SnapshotStore>,
+) -> Result<Option<u64>, String> {
+    let st = state.clone();
+    let image = tokio::task::spawn_blocking(move || st.image())
+        .await
+        .map_err(|e| e.to_string())?;
+    let seq = image.applied_seq;
+    if store.status.get().is_some_and(|(s, _)| s == seq) {
+        return Ok(None);
+    }
+    log.wait_durable(seq).await.map_err(|e| e.to_string())?;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let taken_at = chrono::Utc::now().timestamp();
+        let bytes = snapshot::encode(&image, taken_at)?;
+        store
+            .write(seq, taken_at, &bytes)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(seq))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Takes a snapshot whenever `every_events` events were applied since the last one, or
+/// `every` passed and any were. Runs until aborted.
+pub async fn snapshot_periodically(
+    state: Arc<State>,
+    log: Arc<SledLog>,
+    store: Arc<SnapshotStore>,
+    every_events: u64,
+    every: std::time::Duration,
+) {
+    let mut last_at = std::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1).min(every));
+    loop {
+        tick.tick().await;
+        let since = store.status.get().map_or(0, |(s, _)| s);
+        let pending = state.applied_seq().saturating_sub(since);
+        if pending == 0 || (pending < every_events && last_at.elapsed() < every) {
+            continue;
+        }
+        last_at = std::time::Instant::now();
+        let started = std::time::Instant::now();
+        match take(&state, &log, &store).await {
+            Ok(Some(seq)) => tracing::info!(
+                seq,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot taken"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "snapshot failed; the log still has everything"),
+        }
+    }
+}
