@@ -41,6 +41,8 @@ pub struct AppState {
     pub log: Arc<SledLog>,
     /// Where this node's snapshots are, and the newest one's sequence number and age.
     pub snapshots: Arc<SnapshotStore>,
+    /// The open rate-limit windows' checkpoint (its rounds are a metric).
+    pub checkpoint: Arc<UsageCheckpoint>,
     /// `Some` in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
     /// Per-tier limits, copied out of the settings so the verify path reads one small array.
@@ -475,6 +477,7 @@ impl Application {
             writer: writer.clone(),
             log: log.clone(),
             snapshots: snapshots.clone(),
+            checkpoint: checkpoint.clone(),
             cluster: cluster.clone(),
             tiers: settings.tier_table(),
             settings: settings.clone(),

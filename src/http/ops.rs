@@ -62,6 +62,11 @@ pub async fn metrics(req: actix_web::HttpRequest, app: web::Data<AppState>) -> H
         ),
     ];
     gauges.push((
+        "snaptrack_usage_checkpoints_total",
+        "Rounds of the usage checkpoint saved since start (open rate-limit windows, in place).",
+        app.checkpoint.saves() as f64,
+    ));
+    gauges.push((
         "snaptrack_snapshot_seq",
         "Sequence number of the newest snapshot of this node (0: none yet).",
         app.snapshots

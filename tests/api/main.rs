@@ -8,6 +8,7 @@ mod crash;
 mod dashboard;
 mod hardening;
 mod helpers;
+mod history;
 mod hostile;
 mod nats;
 mod nats_auth;

@@ -1,0 +1,252 @@
+//! History that grows with state, not traffic: usage recorded once per window, the open window
+//! checkpointed in place, snapshots restored at start (and passed over when unusable).
+
+use crate::helpers::*;
+use reqwest::StatusCode;
+use std::time::Duration;
+
+/// The `events=N` of the last "log replayed" line: events applied after the snapshot.
+fn replayed_events(app: &TestApp) -> u64 {
+    let out = app.output();
+    let line = out
+        .iter()
+        .rev()
+        .find(|l| l.contains("log replayed"))
+        .expect("a log replayed line");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("events=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no events= in {line}"))
+}
+
+/// Waits until two more rounds of the usage checkpoint were saved: everything admitted
+/// before the call is then on disk.
+async fn checkpointed(app: &TestApp) {
+    let start = metric(app, "snaptrack_usage_checkpoints_total").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(app, "snaptrack_usage_checkpoints_total").await < start + 2.0 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint rounds");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn traffic_spread_over_many_users_appends_almost_no_events() {
+    let config = "[tiers.pro]\nrequests = 1000\nwindow_secs = 3600\n";
+    let mut app = spawn_app_with_config(config).await;
+    let mut tokens = Vec::new();
+    for i in 0..40 {
+        let (_, token, _) = app
+            .user_with_token(&format!("u{i}@example.com"), "pro")
+            .await;
+        tokens.push(token);
+    }
+    let before = applied_seq(&app).await;
+    // Round robin, so every user has requests in every usage flush (the case that used to
+    // append one event per user per flush).
+    let mut admitted = 0u64;
+    for _ in 0..15 {
+        let rounds = tokens.iter().map(|t| app.get_test(t));
+        for r in futures_util::future::join_all(rounds).await {
+            assert_eq!(r.status(), StatusCode::OK);
+            admitted += 1;
+        }
+    }
+    checkpointed(&app).await;
+    let appended = applied_seq(&app).await - before;
+    assert!(
+        appended as f64 <= 0.1 * admitted as f64,
+        "{appended} events for {admitted} requests"
+    );
+    // A clean stop records nothing for windows still open: their counts are checkpointed.
+    app.restart().await;
+    let c = app.session("u0@example.com").await;
+    let list = body(app.list_tokens(&c).await).await;
+    assert_eq!(list["tokens"][0]["requests"], 15);
+    let v = body(app.get_test(&tokens[0]).await).await;
+    assert_eq!(v["rate_limit"]["remaining"], 1000 - 16);
+}
+
+#[tokio::test]
+async fn each_window_is_recorded_once_per_user_and_counts_stay_exact() {
+    let config = "[tiers.pro]\nrequests = 1000\nwindow_secs = 1\n";
+    let mut app = spawn_app_with_config(config).await;
+    let (_, a, _) = app.user_with_token("a@example.com", "pro").await;
+    let (_, b, _) = app.user_with_token("b@example.com", "pro").await;
+    let mut admitted = 0;
+    // Spans several one-second windows.
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        for t in [&a, &b] {
+            assert_eq!(app.get_test(t).await.status(), StatusCode::OK);
+            admitted += 1;
+        }
+    }
+    assert!(app.stop().await.success());
+    let out = app.replay(&["--type", "usage_recorded"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut seen = std::collections::HashSet::new();
+    let mut recorded = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (
+            e["data"]["user_id"].as_u64().unwrap(),
+            e["data"]["window_start"].as_i64().unwrap(),
+        );
+        assert!(seen.insert(key), "two records of window {key:?}");
+        recorded += e["data"]["requests"].as_u64().unwrap();
+    }
+    assert!(
+        seen.len() >= 2,
+        "windows closed during the traffic were recorded"
+    );
+    app.start(&[]).await;
+    // What the records hold plus the checkpointed open windows: every admitted request.
+    let mut listed = 0;
+    for email in ["a@example.com", "b@example.com"] {
+        let c = app.session(email).await;
+        let list = body(app.list_tokens(&c).await).await;
+        listed += list["tokens"][0]["requests"].as_u64().unwrap();
+    }
+    assert_eq!(listed, admitted);
+    assert!(recorded <= admitted);
+}
+
+#[tokio::test]
+async fn a_clean_restart_replays_a_handful_and_kill_9_loses_no_event_and_at_most_a_flush_of_counts()
+{
+    let config = "[tiers.starter]\nrequests = 100\nwindow_secs = 3600\n";
+    let mut app = spawn_app_with_config(config).await;
+    let (user, token, _) = app.user_with_token("a@example.com", "starter").await;
+    for _ in 0..20 {
+        app.issue_token(user).await;
+    }
+    app.restart().await;
+    assert_eq!(
+        replayed_events(&app),
+        0,
+        "all in the snapshot taken at the stop"
+    );
+    let seq = applied_seq(&app).await;
+    assert_eq!(metric(&app, "snaptrack_snapshot_seq").await, seq as f64);
+    assert!(metric(&app, "snaptrack_snapshot_age_seconds").await < 600.0);
+    for _ in 0..10 {
+        assert_eq!(app.get_test(&token).await.status(), StatusCode::OK);
+    }
+    checkpointed(&app).await;
+    let (late, _) = app.issue_token(user).await;
+    // Possibly lost: at most the requests of the last flush interval.
+    for _ in 0..3 {
+        assert_eq!(app.get_test(&token).await.status(), StatusCode::OK);
+    }
+    app.kill().await;
+    app.start(&[]).await;
+    assert!(replayed_events(&app) <= 2, "the issue since the snapshot");
+    assert_eq!(app.get_test(&late).await.status(), StatusCode::OK);
+    let v = body(app.get_test(&token).await).await;
+    let remaining = v["rate_limit"]["remaining"].as_u64().unwrap();
+    // 10 checkpointed for sure, the 3 after maybe, and this one.
+    assert!((100 - 14..=100 - 11).contains(&remaining), "{remaining}");
+}
+
+fn snapshot_files(app: &TestApp) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(app.data_dir().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn unusable_snapshots_are_passed_over_for_older_ones_or_the_log() {
+    let mut app = spawn_app().await;
+    let (user, token, _) = app.user_with_token("a@example.com", "pro").await;
+    app.restart().await;
+    let first = applied_seq(&app).await;
+    let (revoked_later, id) = app.issue_token(user).await;
+    app.revoke_admin(&id).await;
+    app.restart().await;
+    let total = applied_seq(&app).await;
+    let files = snapshot_files(&app);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let newest = files[1].clone();
+    let good = std::fs::read(&newest).unwrap();
+    let damage: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+        (
+            "checksum",
+            Box::new(|b: &mut Vec<u8>| *b.last_mut().unwrap() ^= 0x55),
+        ),
+        (
+            "truncated",
+            Box::new(|b: &mut Vec<u8>| b.truncate(b.len() / 2)),
+        ),
+        (
+            "format 99",
+            Box::new(|b: &mut Vec<u8>| b[8..12].copy_from_slice(&99u32.to_le_bytes())),
+        ),
+    ];
+    for (why, damage) in damage {
+        app.stop().await;
+        let mut bad = good.clone();
+        damage(&mut bad);
+        std::fs::write(&newest, &bad).unwrap();
+        // Stopping again would write a fresh snapshot over it: start on the damaged one.
+        app.start(&[]).await;
+        assert_eq!(
+            replayed_events(&app),
+            total - first,
+            "{why}: restored the older snapshot and replayed the rest"
+        );
+        let warned = app
+            .output()
+            .iter()
+            .any(|l| l.contains("snapshot unusable") && l.contains(newest.to_str().unwrap()));
+        assert!(warned, "{why}: one warning naming it");
+        assert_eq!(app.get_test(&token).await.status(), StatusCode::OK, "{why}");
+        assert_eq!(
+            app.get_test(&revoked_later).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{why}"
+        );
+        assert_eq!(applied_seq(&app).await, total);
+    }
+    // Both unusable: a full replay.
+    app.stop().await;
+    for f in snapshot_files(&app) {
+        std::fs::write(&f, b"SNAPTRKS\x01").unwrap();
+    }
+    app.start(&[]).await;
+    assert_eq!(replayed_events(&app), total);
+    assert_eq!(app.get_test(&token).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_snapshot_ahead_of_the_log_is_refused() {
+    let mut app = spawn_app().await;
+    app.user_with_token("a@example.com", "pro").await;
+    assert!(app.stop().await.success());
+    let snap = snapshot_files(&app).pop().unwrap();
+    // A data directory whose log was lost, with the snapshot left behind.
+    let other = tempfile::tempdir().unwrap();
+    let data = other.path().join("data");
+    std::fs::create_dir_all(data.join("snapshots")).unwrap();
+    std::fs::copy(
+        &snap,
+        data.join("snapshots").join(snap.file_name().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("SNAPTRACK_ADMIN_TOKEN", "adm-0123456789abcdefghijklmn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ahead") || err.contains("lost or replaced"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
