@@ -148,6 +148,9 @@ async fn a_clean_restart_replays_a_handful_and_kill_9_loses_no_event_and_at_most
     assert!((100 - 14..=100 - 11).contains(&remaining), "{remaining}");
 }
 
+/// What is done to a snapshot file's bytes.
+type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
 fn snapshot_files(app: &TestApp) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(app.data_dir().join("snapshots"))
         .unwrap()
@@ -172,7 +175,7 @@ async fn unusable_snapshots_are_passed_over_for_older_ones_or_the_log() {
     assert_eq!(files.len(), 2, "{files:?}");
     let newest = files[1].clone();
     let good = std::fs::read(&newest).unwrap();
-    let damage: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+    let damage: [(&str, Damage); 3] = [
         (
             "checksum",
             Box::new(|b: &mut Vec<u8>| *b.last_mut().unwrap() ^= 0x55),
