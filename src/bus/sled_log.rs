@@ -303,6 +303,11 @@ impl SledLog {
         self.queue.lock().last_assigned
     }
 
+    /// The last sequence number written and flushed.
+    pub fn durable_seq(&self) -> u64 {
+        self.commit.state.lock().durable
+    }
+
     /// Why the log stopped accepting appends, if it did.
     pub fn failure(&self) -> Option<String> {
         self.commit.state.lock().failed.clone()

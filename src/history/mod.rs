@@ -2,6 +2,8 @@
 //!
 //! - [`UsageCheckpoint`]: the open rate-limit windows, overwritten in place every flush, so a
 //!   restart (even after `kill -9`) restores them without their requests ever being events.
+//! - [`UsageRollups`]: requests per token per hour, rolled up from the log's usage records
+//!   and kept `usage_retention_days`.
 //! - [`snapshot`]: the whole state at a sequence number, so a start replays only what
 //!   followed it; [`take`] writes one.
 //!
@@ -9,9 +11,11 @@
 //! the writer appends) or the projections' internals (it reads them through `State`).
 
 mod checkpoint;
+pub mod rollup;
 pub mod snapshot;
 
 pub use checkpoint::UsageCheckpoint;
+pub use rollup::UsageRollups;
 pub use snapshot::{SnapshotError, SnapshotStore};
 
 use crate::bus::SledLog;
@@ -76,6 +80,47 @@ pub async fn snapshot_periodically(
             ),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "snapshot failed; the log still has everything"),
+        }
+    }
+}
+
+/// Rolls up the log's new usage records every `every`, and once an hour (and at start)
+/// deletes roll-ups older than `retention_days`. Runs until aborted.
+pub async fn roll_up_periodically(
+    rollups: Arc<UsageRollups>,
+    log: Arc<SledLog>,
+    retention_days: u32,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    let mut pruned_at: Option<std::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        let (r, l) = (rollups.clone(), log.clone());
+        let prune = pruned_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600));
+        let result = tokio::task::spawn_blocking(move || {
+            let durable = l.durable_seq();
+            let rolled = r.catch_up(&l, durable)?;
+            let pruned = if prune {
+                let cutoff = chrono::Utc::now().timestamp() - i64::from(retention_days) * 86_400;
+                Some(r.prune(cutoff)?)
+            } else {
+                None
+            };
+            Ok::<_, crate::bus::LogError>((rolled, pruned))
+        })
+        .await;
+        match result {
+            Ok(Ok((rolled, pruned))) => {
+                if pruned.is_some() {
+                    pruned_at = Some(std::time::Instant::now());
+                }
+                if rolled > 0 || pruned.unwrap_or(0) > 0 {
+                    tracing::debug!(rolled, pruned, "usage roll-ups updated");
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "usage roll-up failed"),
+            Err(e) => tracing::error!(error = %e, "usage roll-up task failed"),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod pages;
 pub mod public;
 pub mod throttle;
 pub mod tokens;
+pub mod usage;
 
 use crate::actors::{flush_and_checkpoint, replicator, Execute, UsageFlusher, Writer};
 use crate::bus::{JetStreamBus, LogError, SledLog};
@@ -21,7 +22,7 @@ use crate::cluster::Cluster;
 use crate::command::{Command, CommandError};
 use crate::config::Settings;
 use crate::domain::{Email, Password, Tier, UserName};
-use crate::history::{SnapshotStore, UsageCheckpoint};
+use crate::history::{SnapshotStore, UsageCheckpoint, UsageRollups};
 use crate::signing::{Signer, Verifier};
 use crate::state::{State, TierTable};
 use actix::{Actor, Addr};
@@ -43,6 +44,8 @@ pub struct AppState {
     pub snapshots: Arc<SnapshotStore>,
     /// The open rate-limit windows' checkpoint (its rounds are a metric).
     pub checkpoint: Arc<UsageCheckpoint>,
+    /// Requests per token per hour, for the usage chart.
+    pub rollups: Arc<UsageRollups>,
     /// `Some` in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
     /// Per-tier limits, copied out of the settings so the verify path reads one small array.
@@ -154,6 +157,7 @@ pub const ROUTES: &[&str] = &[
     "/dashboard/tokens",
     "/dashboard/tokens/{id}",
     "/dashboard/tokens/{id}/regenerate",
+    "/dashboard/usage",
     "/admin/users",
     "/admin/users/{id}",
     "/admin/users/{id}/subscription",
@@ -195,6 +199,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/dashboard/tokens/{id}/regenerate")
                 .route(web::post().to(dashboard::regenerate)),
         )
+        .service(resource("/dashboard/usage").route(web::get().to(usage::usage)))
         .service(resource("/admin/users").route(web::post().to(admin::create_user)))
         .service(resource("/admin/users/{id}").route(web::get().to(admin::get_user)))
         .service(
@@ -263,6 +268,7 @@ pub struct Restored {
     pub state: Arc<State>,
     pub checkpoint: Arc<UsageCheckpoint>,
     pub snapshots: Arc<SnapshotStore>,
+    pub rollups: Arc<UsageRollups>,
 }
 
 /// Opens the log in `settings.data`, replays it into a fresh state, and puts the
@@ -329,11 +335,13 @@ pub fn open_and_replay(settings: &Settings) -> Result<Restored, StartError> {
     let windows = checkpoint.load()?;
     tracing::debug!(windows = windows.len(), "usage checkpoint restored");
     state.rate_limits.restore_checkpoint(windows);
+    let rollups = Arc::new(UsageRollups::open(&log)?);
     Ok(Restored {
         log,
         state,
         checkpoint,
         snapshots,
+        rollups,
     })
 }
 
@@ -412,6 +420,7 @@ impl Application {
             state,
             checkpoint,
             snapshots,
+            rollups,
         } = open_and_replay(&settings)?;
         let (writer, cluster, tasks) = match keys {
             None => (
@@ -450,6 +459,12 @@ impl Application {
             settings.history.snapshot_every_events,
             settings.history.snapshot_every,
         )));
+        tasks.push(tokio::spawn(crate::history::roll_up_periodically(
+            rollups.clone(),
+            log.clone(),
+            settings.history.usage_retention_days,
+            std::time::Duration::from_secs(2),
+        )));
         UsageFlusher::new(
             writer.clone(),
             state.clone(),
@@ -478,6 +493,7 @@ impl Application {
             log: log.clone(),
             snapshots: snapshots.clone(),
             checkpoint: checkpoint.clone(),
+            rollups: rollups.clone(),
             cluster: cluster.clone(),
             tiers: settings.tier_table(),
             settings: settings.clone(),

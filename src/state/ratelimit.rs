@@ -201,8 +201,16 @@ impl BucketInner {
     }
 
     /// Adds `requests` of `token`, last at `at`, to the tallies of the next flush.
+    /// One tally per token per clock hour, so a window longer than an hour still tells the
+    /// hourly roll-ups which hour its requests fell in (its record lists a token once per
+    /// hour it was used in).
     fn tally(&mut self, token: TokenId, requests: u32, at: i64) {
-        match self.tallies.iter_mut().find(|t| t.0 == token) {
+        let hour = at.div_euclid(3600);
+        match self
+            .tallies
+            .iter_mut()
+            .find(|t| t.0 == token && t.2.div_euclid(3600) == hour)
+        {
             Some(t) => {
                 t.1 += requests;
                 t.2 = t.2.max(at);

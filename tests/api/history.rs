@@ -253,3 +253,64 @@ async fn a_snapshot_ahead_of_the_log_is_refused() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Requests per token from `GET /dashboard/usage`.
+async fn usage_by_token(app: &TestApp, cookie: &str) -> std::collections::BTreeMap<String, u64> {
+    let r = app
+        .dash(reqwest::Method::GET, "/dashboard/usage", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v = body(r).await;
+    let mut out = std::collections::BTreeMap::new();
+    for h in v["hours"].as_array().unwrap() {
+        *out.entry(h["token_id"].as_str().unwrap().to_owned())
+            .or_default() += h["requests"].as_u64().unwrap();
+    }
+    out
+}
+
+#[tokio::test]
+async fn hourly_usage_per_token_survives_restarts_and_bad_queries_are_422() {
+    let config = "[tiers.pro]\nrequests = 1000\nwindow_secs = 1\n";
+    let mut app = spawn_app_with_config(config).await;
+    let (user, t1, id1) = app.user_with_token("a@example.com", "pro").await;
+    let (t2, id2) = app.issue_token(user).await;
+    for _ in 0..5 {
+        app.get_test(&t1).await;
+    }
+    for _ in 0..3 {
+        app.get_test(&t2).await;
+    }
+    let c = app.session("a@example.com").await;
+    let want: std::collections::BTreeMap<String, u64> = [(id1, 5), (id2, 3)].into();
+    assert_eq!(
+        usage_by_token(&app, &c).await,
+        want,
+        "open windows count at once"
+    );
+    app.restart().await;
+    let c = app.session("a@example.com").await;
+    // After the restart the closed windows are in the roll-ups, rolled up in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = usage_by_token(&app, &c).await;
+        if got == want {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for q in ["?days=0", "?days=91", "?days=x", "?weeks=1"] {
+        let r = app
+            .dash(reqwest::Method::GET, &format!("/dashboard/usage{q}"), &c)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{q}");
+        assert_eq!(body(r).await["field"], "days", "{q}");
+    }
+    let r = app.get("/dashboard/usage").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
