@@ -16,6 +16,10 @@ pub struct History {
     pub snapshots_kept: usize,
     /// Hourly usage roll-ups older than this many days are deleted.
     pub usage_retention_days: u32,
+    /// A user's usage is recorded in the log once per this many seconds (or per rate-limit
+    /// window, when that is longer). Shorter: fresher usage across nodes and restarts, more
+    /// records.
+    pub usage_record_secs: u32,
 }
 
 impl Default for History {
@@ -25,6 +29,7 @@ impl Default for History {
             snapshot_every: Duration::from_secs(600),
             snapshots_kept: 2,
             usage_retention_days: 90,
+            usage_record_secs: 3600,
         }
     }
 }
@@ -47,6 +52,9 @@ impl History {
         if self.usage_retention_days == 0 {
             return Err(bad("usage_retention_days"));
         }
+        if self.usage_record_secs == 0 {
+            return Err(bad("usage_record_secs"));
+        }
         Ok(())
     }
 }
@@ -58,6 +66,7 @@ pub(super) struct FileHistory {
     snapshot_every_secs: Option<u64>,
     snapshots_kept: Option<usize>,
     usage_retention_days: Option<u32>,
+    usage_record_secs: Option<u32>,
 }
 
 impl FileHistory {
@@ -69,5 +78,6 @@ impl FileHistory {
         );
         set(&mut h.snapshots_kept, self.snapshots_kept);
         set(&mut h.usage_retention_days, self.usage_retention_days);
+        set(&mut h.usage_record_secs, self.usage_record_secs);
     }
 }

@@ -324,6 +324,9 @@ pub fn open_and_replay(settings: &Settings) -> Result<Restored, StartError> {
             state
         }
     };
+    state
+        .rate_limits
+        .set_record_secs(settings.history.usage_record_secs);
     let state = Arc::new(state);
     let n = log.replay_into(&state)?;
     tracing::info!(

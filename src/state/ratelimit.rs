@@ -1,10 +1,8 @@
 //! Per-user fixed-window rate-limit buckets, in one of two modes.
 //!
 //! **Counting** (embedded mode, one node): a bucket counts the admitted requests of the
-//! current window in `local` (plus `logged`, what applied records of the window hold: only
-//! ever non-zero after a window closed by the clock was recorded, or with logs written
-//! before records were per window). The count is exact; it is state, checkpointed in
-//! place, and reaches the log once, in the window's record.
+//! current window in `local`. The count is exact; it is state, not history: checkpointed in
+//! place, never an event.
 //!
 //! **Claiming** (cluster mode, K nodes): counting after the fact would let every node admit
 //! the whole limit before hearing of the others. Instead a node admits only against
@@ -18,12 +16,12 @@
 //! previous claim capped at a 1/K share of what is left, whichever is larger: claims ramp up
 //! like TCP's slow start, so a claim lost with a restart is small.
 //!
-//! **History, not traffic.** In both modes a window's per-token tallies (and, when counting,
-//! its count) reach the log once, in one `usage_recorded` record written when the window
-//! closes: at most one record per user per window per node, however many requests. Until
-//! then the open window is state, not history: [`RateLimits::checkpoint`] hands the windows
-//! that changed to the usage checkpoint, which overwrites them in place, and a restart puts
-//! them back with [`RateLimits::restore_checkpoint`].
+//! **History, not traffic.** In both modes usage reaches the log once per user per period
+//! ([`period_secs`]: an hour, or the window when that is longer), in one `usage_recorded`
+//! record written when the period ends: its per-token, per-hour tallies and (when counting)
+//! its total. Until then it is state: [`RateLimits::checkpoint`] hands what changed to the
+//! usage checkpoint, which overwrites it in place, and a restart puts it back with
+//! [`RateLimits::restore_checkpoint`].
 
 use crate::domain::{TokenId, UserId};
 use crate::event::{TokenUsage, UsageRecorded};
@@ -65,6 +63,8 @@ pub struct RateLimits {
     /// Live nodes sharing each user's limit: a claim ramps up to at most a 1/K share of what
     /// is left (more only when that many requests are waiting).
     nodes: std::sync::atomic::AtomicU32,
+    /// The shortest period a usage record covers (see [`period_secs`]).
+    record_secs: std::sync::atomic::AtomicU32,
 }
 
 impl Default for RateLimits {
@@ -73,6 +73,7 @@ impl Default for RateLimits {
             buckets: papaya::HashMap::default(),
             claims: std::sync::atomic::AtomicBool::new(false),
             nodes: std::sync::atomic::AtomicU32::new(1),
+            record_secs: std::sync::atomic::AtomicU32::new(3600),
         }
     }
 }
@@ -104,25 +105,33 @@ struct BucketInner {
     limit: u32,
     /// Claiming: this node's last claim in this window (claims ramp up from it).
     last_claim: u32,
-    /// Per-token counts and last use in this window, for "monitor usage": recorded when
-    /// the window closes.
+    /// Per token per clock hour: requests and last use (epoch seconds), for "monitor
+    /// usage"; recorded when their period ends (see [`period_secs`]).
     tallies: Vec<(TokenId, u32, i64)>,
-    /// Windows that closed and are not recorded yet.
+    /// Periods that ended and are not recorded yet.
     carried: Vec<Closed>,
     /// Changed since the last checkpoint.
     dirty: bool,
-    /// The newest window this node recorded as closed (its own records, applied): a
-    /// checkpointed window at or before it is in the log already, and is not restored.
+    /// End of the newest period this node recorded (its own records, applied): checkpointed
+    /// tallies before it are in the log already, and are not restored.
     recorded: Option<i64>,
 }
 
-/// A closed window, waiting for its record.
+/// A period that ended, waiting for its record.
 struct Closed {
     start: i64,
     secs: u32,
-    /// Counting: the window's count. Claiming: 0 (its claims are in the log already).
+    /// Counting: the period's requests. Claiming: 0 (its claims are in the log already).
     requests: u32,
     tallies: Vec<(TokenId, u32, i64)>,
+}
+
+/// The period a usage record covers: `record_secs` (an hour unless configured otherwise),
+/// or the rate-limit window when that is longer. So a user's usage reaches the log at most
+/// once a period and at most once a window, however many requests and however short the
+/// window.
+fn period_secs(window_secs: u32, record_secs: u32) -> i64 {
+    i64::from(window_secs.max(record_secs).max(1))
 }
 
 /// A user's open window as a checkpoint holds it (see the module doc): overwritten in place
@@ -150,11 +159,10 @@ fn window_start(now: i64, window_secs: u32) -> i64 {
 }
 
 impl BucketInner {
-    fn roll_to(&mut self, start: i64, secs: u32, claims: bool) {
+    fn roll_to(&mut self, start: i64, secs: u32) {
         if self.window_start == start && self.window_secs == secs {
             return;
         }
-        self.close(claims);
         self.window_start = start;
         self.window_secs = secs;
         self.logged = 0;
@@ -165,21 +173,32 @@ impl BucketInner {
         self.last_claim = 0;
     }
 
-    /// Moves the window's unrecorded count and tallies to `carried`, for its record.
-    /// Claimed requests were published before they were admitted: only tallies to carry.
-    fn close(&mut self, claims: bool) {
-        let requests = if claims {
-            0
-        } else {
-            std::mem::take(&mut self.local)
-        };
-        if requests > 0 || !self.tallies.is_empty() {
-            self.carried.push(Closed {
-                start: self.window_start,
-                secs: self.window_secs,
-                requests,
-                tallies: std::mem::take(&mut self.tallies),
-            });
+    /// Moves the tallies of periods that ended by `now` to `carried`, one record each.
+    /// When claiming, the record's `requests` is 0: its claims are in the log already.
+    fn close_periods(&mut self, now: i64, claims: bool, record_secs: u32) {
+        let p = period_secs(self.window_secs, record_secs);
+        let mut ended: Vec<Closed> = Vec::new();
+        self.tallies.retain(|&t| {
+            let start = t.2 - t.2.rem_euclid(p);
+            if start + p > now {
+                return true;
+            }
+            match ended.iter_mut().find(|c| c.start == start) {
+                Some(c) => c.tallies.push(t),
+                None => ended.push(Closed {
+                    start,
+                    secs: p as u32,
+                    requests: 0,
+                    tallies: vec![t],
+                }),
+            }
+            false
+        });
+        for mut c in ended {
+            if !claims {
+                c.requests = c.tallies.iter().map(|t| t.1).sum();
+            }
+            self.carried.push(c);
             self.dirty = true;
         }
     }
@@ -200,16 +219,17 @@ impl BucketInner {
         self.last_claim
     }
 
-    /// Adds `requests` of `token`, last at `at`, to the tallies of the next flush.
-    /// One tally per token per clock hour, so a window longer than an hour still tells the
-    /// hourly roll-ups which hour its requests fell in (its record lists a token once per
-    /// hour it was used in).
-    fn tally(&mut self, token: TokenId, requests: u32, at: i64) {
-        let hour = at.div_euclid(3600);
+    /// Adds `requests` of `token`, last at `at`, to the tallies of the next record. One tally
+    /// per token per slot: the record's period, or each clock hour of it when the period is
+    /// longer (its record then lists a token once per hour it was used in, for the hourly
+    /// roll-ups).
+    fn tally(&mut self, token: TokenId, requests: u32, at: i64, record_secs: u32) {
+        let slot = period_secs(self.window_secs, record_secs).min(3600);
+        let this = at.div_euclid(slot);
         match self
             .tallies
             .iter_mut()
-            .find(|t| t.0 == token && t.2.div_euclid(3600) == hour)
+            .find(|t| t.0 == token && t.2.div_euclid(slot) == this)
         {
             Some(t) => {
                 t.1 += requests;
@@ -238,7 +258,7 @@ impl RateLimits {
         // Never roll backwards: another node's event may have moved the bucket into a window
         // this node's clock has not reached yet.
         if start > b.window_start || b.window_secs != window_secs {
-            b.roll_to(start, window_secs, self.claiming());
+            b.roll_to(start, window_secs);
         }
         let reset = b.window_start + i64::from(b.window_secs);
         let refused = |share_used| RateInfo {
@@ -275,7 +295,7 @@ impl RateLimits {
             b.local += 1;
             limit - used - 1
         };
-        b.tally(token, 1, now);
+        b.tally(token, 1, now, self.record_secs());
         b.dirty = true;
         Ok(RateInfo {
             limit,
@@ -294,6 +314,16 @@ impl RateLimits {
 
     fn claiming(&self) -> bool {
         self.claims.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the shortest period a usage record covers (`[history] usage_record_secs`).
+    pub fn set_record_secs(&self, secs: u32) {
+        self.record_secs
+            .store(secs.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn record_secs(&self) -> u32 {
+        self.record_secs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets how many live nodes share each limit (cluster mode's presence).
@@ -315,8 +345,7 @@ impl RateLimits {
         for e in events {
             let bucket = map.get_or_insert_with(e.user_id, Bucket::default);
             let mut b = bucket.inner.lock();
-            let is_claim = claiming && e.requests > 0;
-            if is_claim {
+            if claiming && e.requests > 0 {
                 if e.window_start == b.window_start && e.window_secs == b.window_secs {
                     b.in_flight = b.in_flight.saturating_sub(e.requests);
                 }
@@ -349,8 +378,9 @@ impl RateLimits {
         })
     }
 
-    /// Per token of `user`: requests and last use (epoch seconds) not in the log yet (the
-    /// open window, and closed ones not recorded yet), for lists to add to what it holds.
+    /// `user`'s usage not in the log yet (the current period's, and ended ones' not recorded
+    /// yet), per token per hour: requests and last use (epoch seconds); a token may appear
+    /// once per hour. Lists and the usage chart add it to what the log holds.
     pub fn unrecorded(&self, user: UserId) -> Vec<(TokenId, u32, i64)> {
         let map = self.buckets.pin();
         let Some(bucket) = map.get(&user) else {
@@ -359,33 +389,24 @@ impl RateLimits {
         let b = bucket.inner.lock();
         let mut out = b.tallies.clone();
         for c in &b.carried {
-            for &(token, requests, at) in &c.tallies {
-                match out.iter_mut().find(|t| t.0 == token) {
-                    Some(t) => {
-                        t.1 += requests;
-                        t.2 = t.2.max(at);
-                    }
-                    None => out.push((token, requests, at)),
-                }
-            }
+            out.extend_from_slice(&c.tallies);
         }
         out
     }
 
-    /// The records due at `now`: one per window that has closed (by a later request, or by
-    /// the clock), with its count (when counting) and per-token tallies. When claiming, also
-    /// the claims waiting requests want. Counting windows still open stay in the buckets:
-    /// they are state, kept by [`RateLimits::checkpoint`].
+    /// The records due at `now`: one per user per period that ended (see [`period_secs`]),
+    /// with its requests (when counting) and per-token tallies. When claiming, also the
+    /// claims waiting requests want. The open window's count is state, never a record: kept
+    /// by [`RateLimits::checkpoint`].
     pub fn drain(&self, now: i64) -> Vec<UsageRecorded> {
         let mut out = Vec::new();
         let map = self.buckets.pin();
         let claiming = self.claiming();
         let nodes = self.nodes().max(1);
+        let record_secs = self.record_secs();
         for (user, bucket) in map.iter() {
             let mut b = bucket.inner.lock();
-            if b.window_secs > 0 && b.window_start + i64::from(b.window_secs) <= now {
-                b.close(claiming);
-            }
+            b.close_periods(now, claiming, record_secs);
             for c in std::mem::take(&mut b.carried) {
                 out.push(UsageRecorded {
                     user_id: *user,
@@ -434,61 +455,63 @@ impl RateLimits {
         out
     }
 
-    /// Puts checkpointed windows back, after the log was replayed. A window the log already
-    /// holds a record of (this node recorded it, then stopped before the checkpoint said so)
-    /// is skipped; one that has closed meanwhile is recorded at the next flush.
+    /// Puts checkpointed windows back, after the log was replayed: the window's count (when
+    /// counting), and the tallies of periods the log holds no record of from this node (it
+    /// may have recorded one, then stopped before the checkpoint said so). Periods that
+    /// ended meanwhile are recorded at the next flush.
     pub fn restore_checkpoint(&self, images: Vec<WindowImage>) {
         let map = self.buckets.pin();
         let claiming = self.claiming();
+        let record_secs = self.record_secs();
         for img in images {
-            let bucket = map.get_or_insert_with(img.user, Bucket::default);
-            let mut b = bucket.inner.lock();
-            if b.recorded.is_some_and(|r| img.window_start <= r) || img.is_empty() {
+            if img.is_empty() {
                 continue;
             }
+            let bucket = map.get_or_insert_with(img.user, Bucket::default);
+            let mut b = bucket.inner.lock();
             b.dirty = true;
-            let requests = if claiming { 0 } else { img.requests };
             if img.window_start > b.window_start || b.window_secs == 0 {
-                b.roll_to(img.window_start, img.window_secs, claiming);
+                b.roll_to(img.window_start, img.window_secs);
             }
-            if img.window_start == b.window_start && img.window_secs == b.window_secs {
-                b.local = b.local.saturating_add(requests);
-                for (token, n, at) in img.tallies {
-                    b.tally(token, n, at);
+            if !claiming && img.window_start == b.window_start && img.window_secs == b.window_secs {
+                b.local = b.local.saturating_add(img.requests);
+            }
+            let recorded = b.recorded.unwrap_or(i64::MIN);
+            for (token, n, at) in img.tallies {
+                if at >= recorded {
+                    b.tally(token, n, at, record_secs);
                 }
-            } else {
-                b.carried.push(Closed {
-                    start: img.window_start,
-                    secs: img.window_secs,
-                    requests,
-                    tallies: img.tallies,
-                });
             }
         }
     }
 
     /// Folds a `usage_recorded` event in. `own` says this node wrote it. A claim (claiming
-    /// mode, `requests > 0`) of this node leaves `in_flight` as it enters `logged`, granted
-    /// as far as the window had room for it when it was ordered; any other record closes a
-    /// window, and this node's own ones say how far its windows are recorded.
+    /// mode, `requests > 0`) enters `logged`; this node's own leave `in_flight`, granted as
+    /// far as the window had room for them when they were ordered. Any other record is
+    /// history of a period that ended: it changes no count, and this node's own say how far
+    /// its usage is recorded.
     pub fn apply(&self, e: &UsageRecorded, own: bool) {
         let map = self.buckets.pin();
         let bucket = map.get_or_insert_with(e.user_id, Bucket::default);
         let claiming = self.claiming();
         let mut b = bucket.inner.lock();
         let is_claim = claiming && e.requests > 0;
-        if own && !is_claim {
-            b.recorded = b.recorded.max(Some(e.window_start));
+        if !is_claim {
+            if own {
+                let end = e.window_start + i64::from(e.window_secs);
+                b.recorded = b.recorded.max(Some(end));
+            }
+            return;
         }
         if e.window_start > b.window_start || b.window_secs == 0 {
-            b.roll_to(e.window_start, e.window_secs, claiming);
+            b.roll_to(e.window_start, e.window_secs);
         }
         if e.window_start != b.window_start || e.window_secs != b.window_secs {
             return;
         }
         let before = b.logged;
         b.logged = b.logged.saturating_add(e.requests);
-        if !own || !is_claim {
+        if !own {
             return;
         }
         let granted = e.requests.min(b.limit.saturating_sub(before));
@@ -583,46 +606,75 @@ mod tests {
     }
 
     #[test]
-    fn an_open_window_is_state_and_its_record_comes_once_when_it_closes() {
+    fn usage_is_recorded_once_per_hour_and_the_window_count_is_state() {
         let rl = RateLimits::default();
-        let t = TokenId::new();
-        for _ in 0..3 {
-            rl.try_admit(U, t, 120, 5, 60).unwrap();
+        let (t1, t2) = (TokenId::new(), TokenId::new());
+        for now in [120, 130, 200, 3599] {
+            rl.try_admit(U, t1, now, 5, 60).unwrap();
         }
-        assert!(rl.drain(130).is_empty(), "the window is open");
-        assert_eq!(rl.used(U), 3);
-        assert_eq!(rl.unrecorded(U), vec![(t, 3, 120)]);
-        let events = rl.drain(180);
-        assert_eq!(events.len(), 1);
-        assert_eq!((events[0].window_start, events[0].requests), (120, 3));
-        assert_eq!(events[0].tokens[0].requests, 3);
-        assert!(rl.drain(190).is_empty(), "one record per window");
-        rl.apply(&events[0], true);
-        assert_eq!(rl.used(U), 3, "logged now, not twice");
-        assert!(rl.unrecorded(U).is_empty());
+        rl.try_admit(U, t2, 3600, 5, 60).unwrap();
+        assert_eq!(rl.used(U), 1, "the window of 3600");
+        assert!(rl.drain(3599).is_empty(), "the hour is not over");
+        let events = rl.drain(3600);
+        assert_eq!(
+            events.len(),
+            1,
+            "one record for the hour, not one per window"
+        );
+        let e = &events[0];
+        assert_eq!((e.window_start, e.window_secs, e.requests), (0, 3600, 4));
+        assert_eq!(e.tokens.len(), 1);
+        assert_eq!(
+            (e.tokens[0].requests, e.tokens[0].last_used_at.timestamp()),
+            (4, 3599)
+        );
+        assert!(rl.drain(3700).is_empty(), "once");
+        rl.apply(e, true);
+        assert_eq!(rl.used(U), 1, "a record changes no count");
+        assert_eq!(rl.unrecorded(U), vec![(t2, 1, 3600)]);
     }
 
     #[test]
-    fn a_window_closed_by_a_later_request_is_recorded_at_the_next_flush() {
+    fn steady_traffic_still_ends_short_periods() {
         let rl = RateLimits::default();
+        rl.set_record_secs(1);
         let t = TokenId::new();
-        rl.try_admit(U, t, 59, 5, 60).unwrap();
-        rl.try_admit(U, t, 61, 5, 60).unwrap();
-        let events = rl.drain(61);
-        let windows: Vec<_> = events
+        for now in [10, 10, 11, 12] {
+            rl.try_admit(U, t, now, 100, 1).unwrap();
+        }
+        let periods: Vec<_> = rl
+            .drain(12)
             .iter()
             .map(|e| (e.window_start, e.requests))
             .collect();
-        assert_eq!(windows, vec![(0, 1)]);
-        assert_eq!(rl.used(U), 1, "the open window's count");
+        assert_eq!(periods, vec![(10, 2), (11, 1)]);
     }
 
     #[test]
-    fn a_checkpoint_restores_the_open_window_and_skips_recorded_ones() {
+    fn a_window_longer_than_an_hour_is_one_record_with_hourly_tallies() {
+        let rl = RateLimits::default();
+        let t = TokenId::new();
+        for now in [10, 20, 3610, 7300] {
+            rl.try_admit(U, t, now, 100, 86_400).unwrap();
+        }
+        assert!(rl.drain(86_399).is_empty());
+        let events = rl.drain(86_400);
+        assert_eq!(events.len(), 1);
+        assert_eq!((events[0].window_secs, events[0].requests), (86_400, 4));
+        let hours: Vec<_> = events[0]
+            .tokens
+            .iter()
+            .map(|u| (u.requests, u.last_used_at.timestamp()))
+            .collect();
+        assert_eq!(hours, vec![(2, 20), (1, 3610), (1, 7300)]);
+    }
+
+    #[test]
+    fn a_checkpoint_restores_the_window_and_skips_what_was_recorded() {
         let rl = RateLimits::default();
         let (t1, t2) = (TokenId::new(), TokenId::new());
-        rl.try_admit(U, t1, 10, 5, 60).unwrap();
-        rl.try_admit(U, t2, 12, 5, 60).unwrap();
+        rl.try_admit(U, t1, 3590, 5, 60).unwrap();
+        rl.try_admit(U, t2, 3595, 5, 60).unwrap();
         let images = rl.checkpoint();
         assert_eq!(images.len(), 1);
         assert_eq!(images[0].requests, 2);
@@ -630,16 +682,17 @@ mod tests {
         let fresh = RateLimits::default();
         fresh.restore_checkpoint(images.clone());
         assert_eq!(fresh.used(U), 2);
-        assert_eq!(fresh.try_admit(U, t1, 20, 5, 60).unwrap().remaining, 2);
-        assert_eq!(fresh.drain(60)[0].tokens.len(), 2, "both tokens' tallies");
-        // The window was recorded before the checkpoint said so (a crash in between): the
-        // log has it, and the checkpoint's copy is not counted twice.
-        let recorded = rl.drain(60);
+        assert_eq!(fresh.try_admit(U, t1, 3599, 5, 60).unwrap().remaining, 2);
+        assert_eq!(fresh.drain(3600)[0].tokens.len(), 2, "both tokens' tallies");
+        // The hour was recorded before the checkpoint said so (a crash in between): the log
+        // has it, and the checkpoint's copy is not recorded twice.
+        let recorded = rl.drain(3600);
         let again = RateLimits::default();
         again.apply(&recorded[0], true);
         again.restore_checkpoint(images);
-        assert!(again.drain(60).is_empty());
+        assert!(again.drain(3600).is_empty());
         assert!(again.unrecorded(U).is_empty());
+        assert_eq!(again.used(U), 2, "the window's count is state, restored");
     }
 
     fn claiming(nodes: u32) -> RateLimits {
@@ -753,17 +806,17 @@ mod tests {
         for _ in 0..2 {
             rl.try_admit(U, t, 0, 10, 60).unwrap();
         }
-        let events = rl.drain(60);
+        let events = rl.drain(3600);
         rl.restore(&events);
-        let again = rl.drain(60);
+        let again = rl.drain(3600);
         assert_eq!(again, events);
         assert_eq!(again[0].requests, 2);
         assert_eq!(again[0].tokens[0].requests, 2);
     }
 
     #[test]
-    fn replay_of_old_windows_does_not_count() {
-        let rl = RateLimits::default();
+    fn claims_of_an_older_window_do_not_count() {
+        let rl = claiming(2);
         let e = |start, requests| UsageRecorded {
             user_id: U,
             window_start: start,
@@ -774,11 +827,5 @@ mod tests {
         rl.apply(&e(60, 4), false);
         rl.apply(&e(0, 4), false);
         assert_eq!(rl.used(U), 4);
-        assert_eq!(
-            rl.try_admit(U, TokenId::new(), 100, 5, 60)
-                .unwrap()
-                .remaining,
-            0
-        );
     }
 }

@@ -444,7 +444,11 @@ async fn a_single_node_cluster_serves_the_whole_api() {
 
 #[tokio::test]
 async fn regenerate_and_multi_user_usage_flushes_land_whole_in_a_cluster() {
-    let c = spawn_cluster().await;
+    // Usage recorded every second (not every hour or window), so node a hears of node b's.
+    let c = spawn_cluster_with(&format!(
+        "{CLUSTER_CONFIG}[history]\nusage_record_secs = 1\n[tiers.pro]\nwindow_secs = 1\n"
+    ))
+    .await;
     let [a, b, _] = &c.nodes[..] else {
         unreachable!()
     };
@@ -466,7 +470,7 @@ async fn regenerate_and_multi_user_usage_flushes_land_whole_in_a_cluster() {
         assert_eq!(node.get_test(old).await.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(node.get_test(new).await.status(), StatusCode::OK);
     }
-    // Usage of several users: one flush, one event per user, pipelined.
+    // Usage of several users: one flush, one record per user, pipelined.
     let mut tokens = vec![new.to_owned()];
     for i in 0..4 {
         tokens.push(
@@ -478,7 +482,7 @@ async fn regenerate_and_multi_user_usage_flushes_land_whole_in_a_cluster() {
     for t in &tokens {
         assert_eq!(b.get_test(t).await.status(), StatusCode::OK);
     }
-    // Every user's token list on node a shows the request made on node b once flushed.
+    // Every user's token list on node a shows the request made on node b once recorded.
     let deadline = Instant::now() + Duration::from_secs(10);
     for id in user..user + 5 {
         loop {
