@@ -36,6 +36,8 @@ pub enum ReplayError {
     Output(std::io::Error),
     #[error("the copy of the log is inconsistent (taken mid-write); try again")]
     Inconsistent,
+    #[error("this node's log starts after seq {0}: it was seeded from a shared snapshot and never held what came before. Replay on a node that holds the whole history, or read the stream")]
+    Seeded(u64),
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -87,6 +89,10 @@ pub fn run(data: &Path, f: &Filter, out: &mut dyn Write) -> Result<(), ReplayErr
         }
     }
     let (_tmp, log) = open_copy(data)?;
+    let base = log.base()?;
+    if base > 0 {
+        return Err(ReplayError::Seeded(base));
+    }
     let w = |out: &mut dyn Write, line: &[u8]| -> Result<(), ReplayError> {
         out.write_all(line)
             .and_then(|_| out.write_all(b"\n"))

@@ -96,6 +96,12 @@ impl JetStreamBus {
         mine
     }
 
+    /// The JetStream context (shared snapshots), the key this node signs with, and the
+    /// stream's replica count.
+    pub fn jetstream(&self) -> (&jetstream::Context, &Signer, usize) {
+        (&self.js, &self.signer, self.replicas)
+    }
+
     /// The core NATS client (presence).
     pub fn client(&self) -> &async_nats::Client {
         &self.client

@@ -75,6 +75,16 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// The meta key of [`SledLog::save_token_count`].
 const TOKEN_COUNT: &str = "token_count";
+/// The meta key of [`SledLog::start_after`].
+const BASE: &str = "base_seq";
+
+fn base_of(db: &sled::Db) -> Result<u64, sled::Error> {
+    Ok(db
+        .open_tree("meta")?
+        .get(BASE)?
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+        .unwrap_or(0))
+}
 
 struct Queue {
     /// Last assigned sequence number.
@@ -276,6 +286,9 @@ impl SledLog {
             None => 0,
             Some((k, v)) => Reader::open(seq_of(&k, 0)?, v)?.end() - 1,
         };
+        // A log seeded from a snapshot (cluster mode) starts after it.
+        let base = base_of(&db).map_err(|e| open_err(e.to_string()))?;
+        let last = last.max(base);
         let tail = Tail::recover(&db)?;
         Ok(SledLog {
             db,
@@ -301,6 +314,28 @@ impl SledLog {
     /// The last sequence number assigned (not necessarily durable yet).
     pub fn last_seq(&self) -> u64 {
         self.queue.lock().last_assigned
+    }
+
+    /// Makes an empty log start after `seq`: a cluster node seeded from a snapshot at `seq`
+    /// mirrors the stream from `seq + 1` and never holds what came before.
+    pub fn start_after(&self, seq: u64) -> Result<(), LogError> {
+        let mut q = self.queue.lock();
+        if q.last_assigned != 0 || !q.pending.is_empty() {
+            return Err(LogError::Failed(format!(
+                "cannot start the log after seq {seq}: it holds events up to seq {}",
+                q.last_assigned
+            )));
+        }
+        self.set_meta(BASE, &seq.to_string())?;
+        q.last_assigned = seq;
+        q.taken = seq;
+        self.commit.state.lock().durable = seq;
+        Ok(())
+    }
+
+    /// Where the log starts: 0, or the seq of the snapshot it was seeded from.
+    pub fn base(&self) -> Result<u64, LogError> {
+        Ok(base_of(&self.db)?)
     }
 
     /// The last sequence number written and flushed.

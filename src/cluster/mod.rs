@@ -6,8 +6,12 @@
 //! ([`Cluster::catch_up`]), the revocation barrier ([`Cluster::barrier`]) and bounded
 //! staleness ([`Cluster::is_fresh`]). May not touch: the projections (the replicator
 //! applies; this module only hears how far it got).
+//!
+//! [`shared`]: snapshots shared through JetStream, so a new node need not read the stream
+//! from sequence 1.
 
 mod presence;
+pub mod shared;
 
 pub use presence::{Announcement, DuplicateId, Peers};
 

@@ -274,6 +274,12 @@ pub struct Restored {
 /// Opens the log in `settings.data`, replays it into a fresh state, and puts the
 /// checkpointed rate-limit windows back.
 pub fn open_and_replay(settings: &Settings) -> Result<Restored, StartError> {
+    let log = open_log(settings)?;
+    restore(settings, log)
+}
+
+/// Opens the log in `settings.data`, checking that it was written in this node's mode.
+pub fn open_log(settings: &Settings) -> Result<Arc<SledLog>, StartError> {
     let log = Arc::new(SledLog::open(&settings.data)?);
     // Embedded logs number events themselves; cluster logs mirror the stream's numbers. One
     // data directory holds one kind: mixing them would apply unrelated events on top.
@@ -297,6 +303,12 @@ pub fn open_and_replay(settings: &Settings) -> Result<Restored, StartError> {
         Some(_) => {}
         None => log.set_meta("mode", mode)?,
     }
+    Ok(log)
+}
+
+/// Restores the newest usable snapshot in `settings.data` (if any), replays the log after
+/// it, and puts the checkpointed rate-limit windows back.
+pub fn restore(settings: &Settings, log: Arc<SledLog>) -> Result<Restored, StartError> {
     // Cluster mode: nodes claim their requests before admitting them (one global limit).
     let claims = settings.nats.is_some();
     let started = std::time::Instant::now();
@@ -418,19 +430,11 @@ impl Application {
             Some(url) => Some((url.clone(), load_keys(&settings)?)),
             None => None,
         };
-        let Restored {
-            log,
-            state,
-            checkpoint,
-            snapshots,
-            rollups,
-        } = open_and_replay(&settings)?;
-        let (writer, cluster, tasks) = match keys {
-            None => (
-                Writer::new(state.clone(), log.clone(), settings.node_id.clone()).start(),
-                None,
-                vec![],
-            ),
+        let log = open_log(&settings)?;
+        // Cluster mode: connect first, so that an empty data directory can be seeded from
+        // the snapshot the nodes share.
+        let connected = match keys {
+            None => None,
             Some((url, (signer, verifier))) => {
                 let bus = JetStreamBus::connect(
                     &url,
@@ -441,6 +445,24 @@ impl Application {
                 )
                 .await
                 .map_err(StartError::Nats)?;
+                let store = SnapshotStore::new(&settings.data, settings.history.snapshots_kept);
+                let wait = settings
+                    .cluster
+                    .catchup_timeout
+                    .max(std::time::Duration::from_secs(5));
+                crate::cluster::shared::seed(&bus, &verifier, &log, &store, wait).await;
+                Some((bus, verifier))
+            }
+        };
+        let Restored {
+            log,
+            state,
+            checkpoint,
+            snapshots,
+            rollups,
+        } = restore(&settings, log)?;
+        let (writer, cluster, tasks) = match connected {
+            Some((bus, verifier)) => {
                 let cluster = Arc::new(Cluster::new(
                     bus,
                     settings.node_id.clone(),
@@ -449,10 +471,19 @@ impl Application {
                     verifier,
                     settings.trust.unsigned_through,
                 ));
-                let tasks = replicator::start(cluster.clone(), state.clone(), log.clone());
+                let mut tasks = replicator::start(cluster.clone(), state.clone(), log.clone());
+                tasks.push(tokio::spawn(crate::cluster::shared::share_periodically(
+                    cluster.clone(),
+                    snapshots.clone(),
+                )));
                 let writer = Writer::clustered(state.clone(), log.clone(), cluster.clone()).start();
                 (writer, Some(cluster), tasks)
             }
+            None => (
+                Writer::new(state.clone(), log.clone(), settings.node_id.clone()).start(),
+                None,
+                vec![],
+            ),
         };
         let mut tasks = tasks;
         tasks.push(tokio::spawn(crate::history::snapshot_periodically(
@@ -683,6 +714,15 @@ impl Application {
             Ok(Some(seq)) => tracing::info!(seq, "snapshot taken at shutdown"),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "snapshot at shutdown failed"),
+        }
+        if let Some(c) = &self.cluster {
+            let mut shared = 0;
+            let share = crate::cluster::shared::share_newest(c, &self.snapshots, &mut shared);
+            match tokio::time::timeout(std::time::Duration::from_secs(5), share).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "snapshot not shared at shutdown"),
+                Err(_) => tracing::warn!("snapshot not shared at shutdown: NATS too slow"),
+            }
         }
         Ok(())
     }

@@ -179,7 +179,16 @@ impl TestApp {
 
     pub async fn restart(&mut self) {
         let status = self.stop().await;
-        assert!(status.success(), "exit status {status:?}");
+        assert!(
+            status.success(),
+            "exit status {status:?}; last output: {:#?}",
+            self.output()
+                .iter()
+                .rev()
+                .take(30)
+                .rev()
+                .collect::<Vec<_>>()
+        );
         self.start(&[]).await;
     }
 

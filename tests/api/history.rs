@@ -317,3 +317,107 @@ async fn hourly_usage_per_token_survives_restarts_and_bad_queries_are_422() {
     let r = app.get("/dashboard/usage").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_fresh_cluster_node_starts_from_the_shared_snapshot_and_refuses_an_untrusted_one() {
+    use crate::nats::{spawn_node, NatsServer, CLUSTER_CONFIG};
+    let nats = NatsServer::start();
+    let mut a = spawn_node(&nats, "a", CLUSTER_CONFIG).await;
+    let user = a.create_user("ann@example.com", "pro").await;
+    let (kept, _) = a.issue_token(user).await;
+    let (revoked_before, id) = a.issue_token(user).await;
+    a.revoke_admin(&id).await;
+    let (revoked_after, id_after) = a.issue_token(user).await;
+    // A clean stop takes a snapshot and shares it.
+    a.restart().await;
+    a.wait_ready().await;
+    assert!(
+        a.output().iter().any(|l| l.contains("snapshot shared")),
+        "shared at the stop"
+    );
+    let at_snapshot = applied_seq(&a).await;
+    // After the snapshot: a revoke and an issue.
+    a.revoke_admin(&id_after).await;
+    let (issued_after, _) = a.issue_token(user).await;
+    let last = applied_seq(&a).await;
+
+    let check = |node: &TestApp| {
+        let node = node.url.clone();
+        let (kept, issued_after) = (kept.clone(), issued_after.clone());
+        let (rb, ra) = (revoked_before.clone(), revoked_after.clone());
+        async move {
+            let client = reqwest::Client::new();
+            let status = |t: String| {
+                let (client, node) = (client.clone(), node.clone());
+                async move {
+                    client
+                        .get(format!("{node}/test"))
+                        .bearer_auth(t)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                }
+            };
+            assert_eq!(status(kept).await, StatusCode::OK);
+            assert_eq!(status(issued_after).await, StatusCode::OK);
+            assert_eq!(status(rb).await, StatusCode::UNAUTHORIZED);
+            assert_eq!(status(ra).await, StatusCode::UNAUTHORIZED);
+        }
+    };
+    let b = spawn_node(&nats, "b", CLUSTER_CONFIG).await;
+    let seeded = format!("seeded from the shared snapshot seq={at_snapshot}");
+    assert!(
+        b.output().iter().any(|l| l.contains(&seeded)),
+        "{seeded}: {:?}",
+        b.output()
+            .iter()
+            .filter(|l| l.contains("snapshot"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        b.output()
+            .iter()
+            .any(|l| l.contains(&format!("consuming the stream from={}", at_snapshot + 1))),
+        "reads the stream after the snapshot, not from 1"
+    );
+    while applied_seq(&b).await < last {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check(&b).await;
+
+    // A snapshot no trusted node signed, claiming to be newer, is refused: a fresh node
+    // reads the stream from 1 instead, and is just as right.
+    let stranger = std::sync::Arc::new(snaptrack_auth::signing::Signer::generate());
+    let forger = snaptrack_auth::bus::JetStreamBus::connect(
+        &nats.url(),
+        "forger",
+        1,
+        &Default::default(),
+        stranger,
+    )
+    .await
+    .unwrap();
+    let (_, created) = forger.identity().await.unwrap();
+    let bytes = std::fs::read(snapshot_files(&a).pop().unwrap()).unwrap();
+    assert!(
+        snaptrack_auth::cluster::shared::share(&forger, &created, last + 100, &bytes)
+            .await
+            .unwrap()
+    );
+    let c = spawn_node(&nats, "c", CLUSTER_CONFIG).await;
+    assert!(
+        c.output()
+            .iter()
+            .any(|l| l.contains("not signed by a trusted node")),
+        "{:?}",
+        c.output()
+            .iter()
+            .filter(|l| l.contains("snapshot"))
+            .collect::<Vec<_>>()
+    );
+    while applied_seq(&c).await < last {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check(&c).await;
+}

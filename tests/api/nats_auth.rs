@@ -319,11 +319,23 @@ async fn the_readme_deployment_lets_subscribers_read_and_not_write() {
     );
     let node_config =
         format!("nats_user = \"snaptrack-node\"\nnats_password = \"{node_password}\"\n");
-    let a = node_with(&nats, "a", &nats.url(), &node_config).await;
+    let mut a = node_with(&nats, "a", &nats.url(), &node_config).await;
     let b = node_with(&nats, "b", &nats.url(), &node_config).await;
     let user = a.create_user("ann@example.com", "pro").await;
     let (token, id) = a.issue_token(user).await;
     assert_eq!(b.revoke_admin(&id).await.status(), StatusCode::OK);
+    // The nodes' rights cover sharing snapshots: a clean stop shares one.
+    assert!(a.stop().await.success());
+    assert!(
+        a.output().iter().any(|l| l.contains("snapshot shared")),
+        "{:?}",
+        a.output()
+            .iter()
+            .filter(|l| l.contains("snapshot"))
+            .collect::<Vec<_>>()
+    );
+    a.start(&[]).await;
+    a.wait_ready().await;
 
     // A subscriber may not publish on the stream's subjects: nothing lands.
     let subscriber = async_nats::ConnectOptions::new()
@@ -344,6 +356,13 @@ async fn the_readme_deployment_lets_subscribers_read_and_not_write() {
         Ok(ack) => ack.await.is_err(),
     };
     assert!(refused, "the subscriber published on the stream");
+    // Nor read the shared snapshot (it holds password hashes), nor write it.
+    assert!(
+        js.get_object_store("SNAPTRACK_AUTH_SNAPSHOTS")
+            .await
+            .is_err(),
+        "the subscriber opened the snapshot bucket"
+    );
     subscriber
         .publish("snaptrack.auth.v1.token.issued", "forged".into())
         .await
