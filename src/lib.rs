@@ -12,10 +12,13 @@
 //! - [`command`]: every rule, as `handle(state, command) -> events`.
 //! - [`bus`]: the durable, ordered log: sled (embedded; group commit) and the JetStream
 //!   stream (cluster mode), which each node mirrors into its sled log.
+//! - [`history`]: what keeps history small: the usage checkpoint (open rate-limit windows,
+//!   in place), snapshots (start-up replays only what followed the newest), hourly usage
+//!   roll-ups with their retention.
 //! - [`actors`]: the writer (one per node), the usage flusher, and in cluster mode the
 //!   replicator and the announcer.
 //! - [`cluster`]: what a node knows of the cluster: applied sequences, live peers,
-//!   freshness, the coalesced catch-up; the revocation barrier.
+//!   freshness, the coalesced catch-up; the revocation barrier; shared snapshots.
 //! - [`http`]: routes, the Bearer check, the error table, the dashboard and admin APIs.
 //! - [`signing`]: Ed25519 signatures over every message a node puts on NATS, and the keys
 //!   a node trusts (cluster mode: the stream is a trust boundary).
@@ -34,8 +37,9 @@
 //!    Cluster mode: events → [`bus::JetStreamBus::publish`] (expected last sequence) → wait
 //!    until the replicator applied them → respond; a revoke also waits for the other nodes
 //!    ([`cluster::Cluster::barrier`]).
-//! 3. **Apply**: events in sequence order → [`state::State::apply`]; replay at start-up
-//!    ([`bus::SledLog::replay_into`]) runs the same function over the whole log. Cluster mode: the replicator
+//! 3. **Apply**: events in sequence order → [`state::State::apply`]; start-up restores the
+//!    newest snapshot ([`state::State::from_image`]) and replays the log after it
+//!    ([`bus::SledLog::replay_into`]) with the same function. Cluster mode: the replicator
 //!    ([`actors::replicator`]) mirrors the stream into the local log and applies each event.
 
 pub mod actors;

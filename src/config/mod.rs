@@ -465,6 +465,30 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_toml_states_the_defaults_and_history_keys_are_checked() {
+        let shipped = load(include_str!("../../config.toml"), &[], Overrides::default()).unwrap();
+        assert_eq!(shipped.history, History::default());
+        assert_eq!(shipped.throttle, Throttle::default());
+        let s = load(
+            "[history]\nsnapshot_every_events = 10\nusage_retention_days = 7\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.history.snapshot_every_events, 10);
+        assert_eq!(s.history.usage_retention_days, 7);
+        assert_eq!(s.history.snapshots_kept, 2);
+        for bad in [
+            "snapshots_kept = 0",
+            "usage_record_secs = 0",
+            "nonsense = 1",
+        ] {
+            let e = load(&format!("[history]\n{bad}\n"), &[], Overrides::default());
+            assert!(e.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_file_with_only_one_tier_keeps_every_other_default() {
         let s = load("[tiers.pro]\nrequests = 50\n", &[], Overrides::default()).unwrap();
         assert_eq!(s.tiers[Tier::Pro.index()].requests, 50);

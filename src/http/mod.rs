@@ -321,12 +321,16 @@ pub fn restore(settings: &Settings, log: Arc<SledLog>) -> Result<Restored, Start
         .map_err(|e| StartError::Other(e.to_string()))?
     {
         Some(loaded) => {
+            let (seq, read) = (loaded.image.applied_seq, started.elapsed());
+            let state = State::from_image(&settings.node_id, claims, loaded.image);
             tracing::info!(
-                seq = loaded.image.applied_seq,
+                seq,
                 path = %loaded.path.display(),
+                read_ms = read.as_millis() as u64,
+                build_ms = (started.elapsed() - read).as_millis() as u64,
                 "snapshot restored"
             );
-            State::from_image(&settings.node_id, claims, loaded.image)
+            state
         }
         None => {
             let state = State::new(&settings.node_id);

@@ -185,14 +185,56 @@ impl State {
             state.rate_limits.use_claims();
         }
         state.reserve_tokens(image.tokens.len());
-        {
+        let Image {
+            applied_seq,
+            users,
+            emails,
+            last_user_id,
+            tokens,
+            records,
+            sessions,
+            session_expiry,
+            evicted,
+            endings,
+            buckets,
+        } = image;
+        // Two halves on two threads: the lock-free token index (most of the work, with a
+        // million tokens) and everything behind the directory's lock.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let index = state.tokens.pin();
+                for (hash, token_id, user_id, expires_at) in tokens {
+                    index.insert(
+                        hash,
+                        LiveToken {
+                            token_id,
+                            user_id,
+                            expires_at,
+                        },
+                    );
+                }
+                let live = state.sessions.pin();
+                for (hash, user_id, expires_at) in sessions {
+                    live.insert(
+                        hash,
+                        Session {
+                            user_id,
+                            expires_at: expires_at.into(),
+                        },
+                    );
+                }
+                let gone = state.evicted.pin();
+                for p in evicted {
+                    gone.insert(p);
+                }
+            });
             let mut d = state.directory.write();
-            let users = state.users.pin();
-            for u in image.users {
+            let profiles = state.users.pin();
+            for u in users {
                 if let Some(hash) = u.password_hash {
                     d.password_hashes.insert(u.id, hash);
                 }
-                users.insert(
+                profiles.insert(
                     u.id,
                     Arc::new(UserView {
                         id: u.id,
@@ -203,20 +245,9 @@ impl State {
                     }),
                 );
             }
-            d.emails.extend(image.emails);
-            d.last_user_id = image.last_user_id;
-            let tokens = state.tokens.pin();
-            for (hash, token_id, user_id, expires_at) in image.tokens {
-                tokens.insert(
-                    hash,
-                    LiveToken {
-                        token_id,
-                        user_id,
-                        expires_at,
-                    },
-                );
-            }
-            for r in image.records {
+            d.emails.extend(emails);
+            d.last_user_id = last_user_id;
+            for r in records {
                 d.token_records.insert(TokenRecord {
                     id: r.id,
                     user_id: r.user_id,
@@ -230,27 +261,12 @@ impl State {
                     requests: r.requests,
                 });
             }
-            let sessions = state.sessions.pin();
-            for (hash, user_id, expires_at) in image.sessions {
-                sessions.insert(
-                    hash,
-                    Session {
-                        user_id,
-                        expires_at: expires_at.into(),
-                    },
-                );
-            }
             d.session_expiry.extend(
-                image
-                    .session_expiry
+                session_expiry
                     .into_iter()
                     .map(|(t, h)| (DateTime::from(t), h)),
             );
-            let evicted = state.evicted.pin();
-            for p in image.evicted {
-                evicted.insert(p);
-            }
-            for e in image.endings {
+            for e in endings {
                 let conv = |v: Vec<(Ts, TokenId)>| {
                     v.into_iter()
                         .map(|(t, id)| (DateTime::from(t), id))
@@ -258,11 +274,9 @@ impl State {
                 };
                 d.endings.import(e.user, conv(e.expiring), conv(e.ended));
             }
-        }
-        state.rate_limits.import(image.buckets);
-        state
-            .applied_seq
-            .store(image.applied_seq, Ordering::Release);
+        });
+        state.rate_limits.import(buckets);
+        state.applied_seq.store(applied_seq, Ordering::Release);
         state
     }
 }
