@@ -1,3 +1,5 @@
+mod compact;
+
 use super::record::{Entry, Events, Reader};
 use crate::event::{upcast::Upcasters, DecodeError, Envelope, Event};
 use chrono::{DateTime, Utc};

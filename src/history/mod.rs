@@ -85,10 +85,13 @@ pub async fn snapshot_periodically(
 }
 
 /// Rolls up the log's new usage records every `every`, and once an hour (and at start)
-/// deletes roll-ups older than `retention_days`. Runs until aborted.
+/// deletes roll-ups older than `retention_days` and compacts the usage records that old out
+/// of the log (only those the roll-ups have read and the oldest snapshot kept covers). Runs
+/// until aborted.
 pub async fn roll_up_periodically(
     rollups: Arc<UsageRollups>,
     log: Arc<SledLog>,
+    snapshots: Arc<SnapshotStore>,
     retention_days: u32,
     every: std::time::Duration,
 ) {
@@ -96,27 +99,32 @@ pub async fn roll_up_periodically(
     let mut pruned_at: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
-        let (r, l) = (rollups.clone(), log.clone());
+        let (r, l, store) = (rollups.clone(), log.clone(), snapshots.clone());
         let prune = pruned_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600));
         let result = tokio::task::spawn_blocking(move || {
             let durable = l.durable_seq();
             let rolled = r.catch_up(&l, durable)?;
-            let pruned = if prune {
-                let cutoff = chrono::Utc::now().timestamp() - i64::from(retention_days) * 86_400;
-                Some(r.prune(cutoff)?)
-            } else {
-                None
-            };
-            Ok::<_, crate::bus::LogError>((rolled, pruned))
+            if !prune {
+                return Ok::<_, crate::bus::LogError>((rolled, None));
+            }
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+            let pruned = r.prune(cutoff.timestamp())?;
+            let oldest_snapshot = store.list().ok().and_then(|l| l.last().map(|s| s.0));
+            let through = oldest_snapshot.unwrap_or(0).min(r.through()?);
+            let compacted = l.compact_usage(cutoff, through)?;
+            Ok((rolled, Some((pruned, compacted))))
         })
         .await;
         match result {
             Ok(Ok((rolled, pruned))) => {
-                if pruned.is_some() {
+                if let Some((pruned, compacted)) = pruned {
                     pruned_at = Some(std::time::Instant::now());
+                    if pruned > 0 || compacted > 0 {
+                        tracing::info!(pruned, compacted, "usage older than the retention removed");
+                    }
                 }
-                if rolled > 0 || pruned.unwrap_or(0) > 0 {
-                    tracing::debug!(rolled, pruned, "usage roll-ups updated");
+                if rolled > 0 {
+                    tracing::debug!(rolled, "usage rolled up");
                 }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "usage roll-up failed"),

@@ -500,6 +500,7 @@ impl Application {
         tasks.push(tokio::spawn(crate::history::roll_up_periodically(
             rollups.clone(),
             log.clone(),
+            snapshots.clone(),
             settings.history.usage_retention_days,
             std::time::Duration::from_secs(2),
         )));

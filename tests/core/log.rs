@@ -451,3 +451,62 @@ fn foreign_positions_are_kept_passed_over_at_replay_and_survive_merging() {
     log.replay_into(&state).unwrap();
     assert_eq!(state.applied_seq(), 2101);
 }
+
+#[test]
+fn usage_older_than_the_cutoff_leaves_the_log_and_everything_else_stays_in_place() {
+    use snaptrack_auth::bus::Entry;
+    use snaptrack_auth::event::UsageRecorded;
+    let core = Core::new();
+    let now = chrono::Utc::now();
+    let old = now - chrono::Duration::days(100);
+    let usage = |u| {
+        Event::UsageRecorded(UsageRecorded {
+            user_id: UserId(u),
+            window_start: 0,
+            window_secs: 3600,
+            requests: 1,
+            tokens: vec![],
+        })
+    };
+    // 1,100 old events (every other one usage): one large record once merged.
+    let events: Vec<Event> = (0..1100)
+        .map(|i| if i % 2 == 0 { usage(i) } else { event(i) })
+        .collect();
+    core.log.append(events, "n1", old).unwrap();
+    core.log.flush_blocking().unwrap();
+    // Young usage after it, in a small record the group commit may still merge.
+    core.log
+        .append((0..10).map(usage).collect(), "n1", now)
+        .unwrap();
+    core.log.flush_blocking().unwrap();
+    let last = core.log.last_seq();
+    let cutoff = now - chrono::Duration::days(90);
+    assert_eq!(
+        core.log.compact_usage(cutoff, 500).unwrap(),
+        0,
+        "only records wholly before `through`"
+    );
+    assert_eq!(core.log.compact_usage(cutoff, last).unwrap(), 550);
+    let kept: Vec<Envelope> = core.log.iter_from(1).map(|e| e.unwrap()).collect();
+    assert_eq!(kept.len(), 550 + 10);
+    assert!(kept[..550]
+        .iter()
+        .all(|e| matches!(e.event, Event::TokenRevoked(_))));
+    let foreign = core
+        .log
+        .entries_from(1)
+        .filter(|e| matches!(e, Ok(Entry::Foreign(_))))
+        .count();
+    assert_eq!(foreign, 550, "their positions stay, empty");
+    // Replay passes over them; compacting again finds nothing; reopening keeps it all.
+    let replayed = core.replayed();
+    assert_eq!(replayed.applied_seq(), last);
+    assert_eq!(core.log.compact_usage(cutoff, last).unwrap(), 0);
+    let Core {
+        dir, log, writer, ..
+    } = core;
+    drop((log, writer));
+    let log = SledLog::open(dir.path()).unwrap();
+    assert_eq!(log.iter_from(1).count(), 560);
+    assert_eq!(log.compact_usage(cutoff, log.last_seq()).unwrap(), 0);
+}
