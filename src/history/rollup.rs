@@ -1,6 +1,6 @@
 //! Hourly usage roll-ups: requests per token per clock hour, read from the `usage_recorded`
 //! records of the log and kept [`History::usage_retention_days`] days. The dashboard's usage
-//! chart reads them; the log itself keeps one record per user per window, and no counter.
+//! chart reads them; the log itself keeps one record per user per period, and no counter.
 //!
 //! Two sled trees beside the log:
 //!

@@ -157,7 +157,7 @@ pub const ROUTES: &[&str] = &[
     "/dashboard/tokens",
     "/dashboard/tokens/{id}",
     "/dashboard/tokens/{id}/regenerate",
-    "/dashboard/usage",
+    "/dashboard/tokens/{id}/usage",
     "/admin/users",
     "/admin/users/{id}",
     "/admin/users/{id}/subscription",
@@ -199,7 +199,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/dashboard/tokens/{id}/regenerate")
                 .route(web::post().to(dashboard::regenerate)),
         )
-        .service(resource("/dashboard/usage").route(web::get().to(usage::usage)))
+        .service(resource("/dashboard/tokens/{id}/usage").route(web::get().to(usage::token_usage)))
         .service(resource("/admin/users").route(web::post().to(admin::create_user)))
         .service(resource("/admin/users/{id}").route(web::get().to(admin::get_user)))
         .service(

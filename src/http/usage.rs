@@ -1,13 +1,14 @@
-//! `GET /dashboard/usage?days=N`: the session user's requests per token per hour over the last
-//! N days (default 7, at most `usage_retention_days`), from the hourly roll-ups plus what the
-//! open rate-limit windows hold and the log does not yet. The dashboard's usage chart reads it.
+//! `GET /dashboard/tokens/{id}/usage[?days=N]`: one of the session user's tokens, requests per
+//! clock hour over the last N days (default and at most `usage_retention_days`), oldest first,
+//! from the hourly roll-ups plus what the open usage period holds and the log does not yet.
+//! The dashboard's usage chart reads it. Another user's token, or an unknown one: 404.
 
 use super::auth::SessionUser;
 use super::error::{ApiError, Code};
+use super::tokens::parse_token_id;
 use super::AppState;
-use crate::domain::TokenId;
 use actix_web::{web, HttpResponse};
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -18,24 +19,31 @@ pub struct UsageQuery {
     days: Option<i64>,
 }
 
-/// `GET /dashboard/usage`.
-pub async fn usage(
+/// `GET /dashboard/tokens/{id}/usage`.
+pub async fn token_usage(
     s: SessionUser,
     app: web::Data<AppState>,
+    path: web::Path<String>,
     q: Result<web::Query<UsageQuery>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
+    let id = parse_token_id(&path)?;
     let q = q.map_err(|_| ApiError::invalid_field("days", "must be a whole number of days"))?;
     let max = i64::from(app.settings.history.usage_retention_days);
-    let days = q.days.unwrap_or(7.min(max));
+    let days = q.days.unwrap_or(max);
     if !(1..=max).contains(&days) {
         return Err(ApiError::invalid_field(
             "days",
             &format!("must be from 1 to {max}"),
         ));
     }
+    let user = s.user.id;
+    match app.state.token(id) {
+        Some(t) if t.user_id == user => {}
+        _ => return Err(ApiError::new(Code::NotFound)),
+    }
     let now = Utc::now().timestamp();
     let from = now - days * 86_400;
-    let (rollups, user) = (app.rollups.clone(), s.user.id);
+    let rollups = app.rollups.clone();
     let rows = web::block(move || rollups.hours_of(user, from, now + 3600))
         .await
         .map_err(|_| ApiError::new(Code::Internal))?
@@ -43,25 +51,22 @@ pub async fn usage(
             tracing::error!(error = %e, "usage roll-ups unreadable");
             ApiError::new(Code::Internal)
         })?;
-    let mut hours: BTreeMap<(i64, TokenId), u64> = BTreeMap::new();
-    for r in rows {
-        *hours.entry((r.hour, r.token_id)).or_default() += r.requests;
+    let mut hours: BTreeMap<i64, u64> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.token_id == id) {
+        *hours.entry(r.hour).or_default() += r.requests;
     }
     // Rolled up only as far as the log holds records: add what is not recorded yet. (A
-    // record written since the roll-ups' last round is in neither, for up to a round.)
+    // record written since the roll-ups' last round, every 2 s, is in neither meanwhile.)
     for (token, requests, at) in app.state.rate_limits.unrecorded(user) {
-        if at >= from {
-            *hours.entry((at - at.rem_euclid(3600), token)).or_default() += u64::from(requests);
+        if token == id && at >= from {
+            *hours.entry(at - at.rem_euclid(3600)).or_default() += u64::from(requests);
         }
     }
     let hours: Vec<_> = hours
         .into_iter()
-        .map(|((hour, token), requests)| {
-            let hour = Utc.timestamp_opt(hour, 0).single().unwrap_or_default();
-            json!({"hour": hour, "token_id": token, "requests": requests})
-        })
+        .map(|(start, requests)| json!({"start": start, "requests": requests}))
         .collect();
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
-        .json(json!({"success": true, "days": days, "hours": hours})))
+        .json(json!({"success": true, "hours": hours})))
 }

@@ -256,25 +256,34 @@ async fn a_snapshot_ahead_of_the_log_is_refused() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// Requests per token from `GET /dashboard/usage`.
-async fn usage_by_token(app: &TestApp, cookie: &str) -> std::collections::BTreeMap<String, u64> {
+/// `GET /dashboard/tokens/{id}/usage`, as (hour start, requests).
+async fn token_hours(app: &TestApp, cookie: &str, id: &str) -> Vec<(i64, u64)> {
+    let path = format!("/dashboard/tokens/{id}/usage");
     let r = app
-        .dash(reqwest::Method::GET, "/dashboard/usage", cookie)
+        .dash(reqwest::Method::GET, &path, cookie)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let v = body(r).await;
-    let mut out = std::collections::BTreeMap::new();
-    for h in v["hours"].as_array().unwrap() {
-        *out.entry(h["token_id"].as_str().unwrap().to_owned())
-            .or_default() += h["requests"].as_u64().unwrap();
-    }
-    out
+    body(r).await["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["start"].as_i64().unwrap(),
+                h["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn total(hours: &[(i64, u64)]) -> u64 {
+    hours.iter().map(|h| h.1).sum()
 }
 
 #[tokio::test]
-async fn hourly_usage_per_token_survives_restarts_and_bad_queries_are_422() {
+async fn hourly_usage_per_token_survives_restarts_and_is_the_owners_only() {
     let config =
         "[tiers.pro]\nrequests = 1000\nwindow_secs = 1\n[history]\nusage_record_secs = 1\n";
     let mut app = spawn_app_with_config(config).await;
@@ -287,35 +296,52 @@ async fn hourly_usage_per_token_survives_restarts_and_bad_queries_are_422() {
         app.get_test(&t2).await;
     }
     let c = app.session("a@example.com").await;
-    let want: std::collections::BTreeMap<String, u64> = [(id1, 5), (id2, 3)].into();
-    assert_eq!(
-        usage_by_token(&app, &c).await,
-        want,
-        "open windows count at once"
-    );
+    let h1 = token_hours(&app, &c, &id1).await;
+    assert_eq!(total(&h1), 5, "the open period counts at once: {h1:?}");
+    assert!(h1.iter().all(|h| h.0 % 3600 == 0));
+    assert_eq!(total(&token_hours(&app, &c, &id2).await), 3);
     app.restart().await;
     let c = app.session("a@example.com").await;
-    // After the restart the closed windows are in the roll-ups, rolled up in the background.
+    // After the restart the ended periods are in the roll-ups, rolled up in the background.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let got = usage_by_token(&app, &c).await;
-        if got == want {
+        let got = (
+            total(&token_hours(&app, &c, &id1).await),
+            total(&token_hours(&app, &c, &id2).await),
+        );
+        if got == (5, 3) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{got:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for q in ["?days=0", "?days=91", "?days=x", "?weeks=1"] {
+        let path = format!("/dashboard/tokens/{id1}/usage{q}");
         let r = app
-            .dash(reqwest::Method::GET, &format!("/dashboard/usage{q}"), &c)
+            .dash(reqwest::Method::GET, &path, &c)
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{q}");
         assert_eq!(body(r).await["field"], "days", "{q}");
     }
-    let r = app.get("/dashboard/usage").await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Another user's token, an unknown one, no session.
+    app.user_with_token("b@example.com", "pro").await;
+    let other = app.session("b@example.com").await;
+    let path = format!("/dashboard/tokens/{id1}/usage");
+    let r = app
+        .dash(reqwest::Method::GET, &path, &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = app
+        .dash(reqwest::Method::GET, "/dashboard/tokens/nope/usage", &c)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get(&path).await.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
