@@ -1,5 +1,5 @@
 use super::writer::{FlushUsage, WriteError, Writer};
-use crate::history::UsageCheckpoint;
+use crate::history::{Quiesce, UsageCheckpoint};
 use crate::state::State;
 use actix::prelude::*;
 use std::sync::Arc;
@@ -13,6 +13,8 @@ pub struct UsageFlusher {
     state: Arc<State>,
     checkpoint: Arc<UsageCheckpoint>,
     interval: Duration,
+    /// Closed at a stop: no round starts after it, and the stop waits for the one running.
+    gate: Arc<Quiesce>,
 }
 
 impl UsageFlusher {
@@ -21,12 +23,14 @@ impl UsageFlusher {
         state: Arc<State>,
         checkpoint: Arc<UsageCheckpoint>,
         interval: Duration,
+        gate: Arc<Quiesce>,
     ) -> Self {
         UsageFlusher {
             writer,
             state,
             checkpoint,
             interval,
+            gate,
         }
     }
 }
@@ -72,7 +76,11 @@ impl Actor for UsageFlusher {
                 act.state.clone(),
                 act.checkpoint.clone(),
             );
+            let gate = act.gate.clone();
             actix::spawn(async move {
+                let Some(_inside) = gate.enter().await else {
+                    return;
+                };
                 if let Err(e) = flush_and_checkpoint(&writer, &state, &cp).await {
                     tracing::error!(error = %e, "usage round failed");
                 }

@@ -7,6 +7,9 @@
 //! - [`snapshot`]: the whole state at a sequence number, so a start replays only what
 //!   followed it; [`take`] writes one.
 //!
+//! [`Quiesce`] lets a stop wait for the background work of all three before the process
+//! exits.
+//!
 //! Owns: state kept beside the log rather than in it. May not touch: the log's events (only
 //! the writer appends) or the projections' internals (it reads them through `State`).
 
@@ -21,6 +24,33 @@ pub use snapshot::{SnapshotError, SnapshotStore};
 use crate::bus::SledLog;
 use crate::state::State;
 use std::sync::Arc;
+
+/// The background work's gate (usage rounds, snapshots, roll-ups): each round enters it, and
+/// a stop closes it, waiting for the rounds inside to finish. A round's blocking part runs on
+/// a thread of its own that an aborted task does not stop, and a process must not exit with
+/// such a thread halfway through a sled write (or the allocator's teardown under it).
+#[derive(Default)]
+pub struct Quiesce {
+    /// `true` once closed. tokio's: guards are held across `.await`s and moved into
+    /// blocking closures (owned guards).
+    closed: Arc<tokio::sync::RwLock<bool>>,
+}
+
+/// Held while a background round runs.
+pub type Entered = tokio::sync::OwnedRwLockReadGuard<bool>;
+
+impl Quiesce {
+    /// Enters for one round; `None` once the gate is closed.
+    pub async fn enter(&self) -> Option<Entered> {
+        let guard = self.closed.clone().read_owned().await;
+        (!*guard).then_some(guard)
+    }
+
+    /// Closes the gate and waits until every round inside has finished.
+    pub async fn close(&self) {
+        *self.closed.write().await = true;
+    }
+}
 
 /// Takes a snapshot of `state` now: the image between two applies, then (once the log is
 /// durable that far) the file. Returns its sequence number; `None` when the newest snapshot
@@ -60,6 +90,7 @@ pub async fn snapshot_periodically(
     store: Arc<SnapshotStore>,
     every_events: u64,
     every: std::time::Duration,
+    gate: Arc<Quiesce>,
 ) {
     let mut last_at = std::time::Instant::now();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1).min(every));
@@ -70,6 +101,9 @@ pub async fn snapshot_periodically(
         if pending == 0 || (pending < every_events && last_at.elapsed() < every) {
             continue;
         }
+        let Some(_inside) = gate.enter().await else {
+            return;
+        };
         last_at = std::time::Instant::now();
         let started = std::time::Instant::now();
         match take(&state, &log, &store).await {
@@ -94,14 +128,19 @@ pub async fn roll_up_periodically(
     snapshots: Arc<SnapshotStore>,
     retention_days: u32,
     every: std::time::Duration,
+    gate: Arc<Quiesce>,
 ) {
     let mut tick = tokio::time::interval(every);
     let mut pruned_at: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
+        let Some(inside) = gate.enter().await else {
+            return;
+        };
         let (r, l, store) = (rollups.clone(), log.clone(), snapshots.clone());
         let prune = pruned_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600));
         let result = tokio::task::spawn_blocking(move || {
+            let _inside = inside;
             let durable = l.durable_seq();
             let rolled = r.catch_up(&l, durable)?;
             if !prune {

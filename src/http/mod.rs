@@ -22,7 +22,7 @@ use crate::cluster::Cluster;
 use crate::command::{Command, CommandError};
 use crate::config::Settings;
 use crate::domain::{Email, Password, Tier, UserName};
-use crate::history::{SnapshotStore, UsageCheckpoint, UsageRollups};
+use crate::history::{Quiesce, SnapshotStore, UsageCheckpoint, UsageRollups};
 use crate::signing::{Signer, Verifier};
 use crate::state::{State, TierTable};
 use actix::{Actor, Addr};
@@ -108,6 +108,8 @@ pub struct Application {
     checkpoint: Arc<UsageCheckpoint>,
     /// A snapshot is taken at every clean stop.
     snapshots: Arc<SnapshotStore>,
+    /// The background rounds' gate, closed at a stop before the last round.
+    quiesce: Arc<Quiesce>,
     cluster: Option<Arc<Cluster>>,
     /// Cluster mode's replicator and announcer.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -490,12 +492,14 @@ impl Application {
             ),
         };
         let mut tasks = tasks;
+        let quiesce = Arc::new(Quiesce::default());
         tasks.push(tokio::spawn(crate::history::snapshot_periodically(
             state.clone(),
             log.clone(),
             snapshots.clone(),
             settings.history.snapshot_every_events,
             settings.history.snapshot_every,
+            quiesce.clone(),
         )));
         tasks.push(tokio::spawn(crate::history::roll_up_periodically(
             rollups.clone(),
@@ -503,12 +507,14 @@ impl Application {
             snapshots.clone(),
             settings.history.usage_retention_days,
             std::time::Duration::from_secs(2),
+            quiesce.clone(),
         )));
         UsageFlusher::new(
             writer.clone(),
             state.clone(),
             checkpoint.clone(),
             settings.usage_flush,
+            quiesce.clone(),
         )
         .start();
         let demo = if settings.demo {
@@ -634,6 +640,7 @@ impl Application {
             state,
             checkpoint,
             snapshots,
+            quiesce,
             cluster,
             tasks,
             demo,
@@ -694,6 +701,9 @@ impl Application {
                 result?;
             }
         }
+        // No background round starts from here, and the one running ends first: the process
+        // must not exit in the middle of one.
+        self.quiesce.close().await;
         match flush_and_checkpoint(&self.writer, &self.state, &self.checkpoint).await {
             Ok(n) => tracing::info!(events = n, "usage recorded and checkpointed at shutdown"),
             Err(e) => tracing::error!(error = %e, "usage round at shutdown failed"),
