@@ -116,7 +116,7 @@ fn verify(c: &mut Criterion) {
             let admit = || rl.try_admit(live.user_id, live.token_id, now, u32::MAX, 60);
             loop {
                 let _ = admit();
-                let claims = rl.drain(now);
+                let claims = rl.drain(now, false);
                 for e in &claims {
                     rl.apply(e, true);
                 }

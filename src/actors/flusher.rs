@@ -56,13 +56,19 @@ pub async fn flush_and_checkpoint(
     checkpoint: &Arc<UsageCheckpoint>,
 ) -> Result<usize, FlushError> {
     let _turn = checkpoint.turn.lock().await;
-    let written = writer.send(FlushUsage).await??;
+    let written = writer.send(FlushUsage { periods: true }).await??;
     let images = state.rate_limits.checkpoint();
+    let users: Vec<_> = images.iter().map(|i| i.user).collect();
     let cp = checkpoint.clone();
-    tokio::task::spawn_blocking(move || cp.save(&images))
+    let saved = tokio::task::spawn_blocking(move || cp.save(&images))
         .await
-        .map_err(|e| FlushError::Checkpoint(e.to_string()))?
-        .map_err(|e| FlushError::Checkpoint(e.to_string()))?;
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = saved {
+        // Saved by the next round, then.
+        state.rate_limits.mark_changed(users);
+        return Err(FlushError::Checkpoint(e));
+    }
     Ok(written)
 }
 

@@ -12,11 +12,15 @@ use std::sync::Arc;
 #[rtype(result = "Result<Vec<Envelope>, WriteError>")]
 pub struct Execute(pub Command);
 
-/// Drains the rate-limit buckets' unflushed counts into `usage_recorded` events. Replies
-/// with how many events were written.
+/// Drains the rate-limit buckets into `usage_recorded` events: cluster mode's claims, and,
+/// with `periods`, the records of the periods that ended. Replies with how many events were
+/// written. Only the usage round ([`crate::actors::flush_and_checkpoint`]) records periods: it
+/// checkpoints right after, so a period leaves the checkpoint only once its record is in.
 #[derive(Message)]
 #[rtype(result = "Result<usize, WriteError>")]
-pub struct FlushUsage;
+pub struct FlushUsage {
+    pub periods: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -144,11 +148,18 @@ impl Handler<Execute> for Writer {
 impl Handler<FlushUsage> for Writer {
     type Result = ResponseFuture<Result<usize, WriteError>>;
 
-    fn handle(&mut self, _: FlushUsage, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: FlushUsage, _: &mut Self::Context) -> Self::Result {
         if let Some(cluster) = &self.cluster {
-            return Box::pin(flush_clustered(self.state.clone(), cluster.clone()));
+            return Box::pin(flush_clustered(
+                self.state.clone(),
+                cluster.clone(),
+                msg.periods,
+            ));
         }
-        let usage = self.state.rate_limits.drain(Utc::now().timestamp());
+        let usage = self
+            .state
+            .rate_limits
+            .drain(Utc::now().timestamp(), msg.periods);
         if usage.is_empty() {
             return Box::pin(async { Ok(0) });
         }
@@ -176,9 +187,13 @@ async fn execute_clustered(
 /// Cluster mode's usage flush. The counts are drained inside the writer's turn, so a flush
 /// returns only once every count drained before it was asked for is applied here: a request
 /// that found its node's share of a limit used can ask for one and then look again.
-async fn flush_clustered(state: Arc<State>, cluster: Arc<Cluster>) -> Result<usize, WriteError> {
+async fn flush_clustered(
+    state: Arc<State>,
+    cluster: Arc<Cluster>,
+    periods: bool,
+) -> Result<usize, WriteError> {
     let _turn = cluster.writer_turn.lock().await;
-    let usage = state.rate_limits.drain(Utc::now().timestamp());
+    let usage = state.rate_limits.drain(Utc::now().timestamp(), periods);
     if usage.is_empty() {
         return Ok(0);
     }

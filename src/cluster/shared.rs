@@ -143,8 +143,12 @@ pub async fn seed(
     store: &SnapshotStore,
     wait: std::time::Duration,
 ) -> Option<u64> {
-    if log.last_seq() > 0 || !store.list().map(|l| l.is_empty()).unwrap_or(false) {
+    if log.last_seq() > 0 {
         return None;
+    }
+    let local = store.list().unwrap_or_default();
+    if !local.is_empty() {
+        return finish_seed(log, store);
     }
     let attempt = async {
         // No bucket yet (a new cluster, or no node has taken a snapshot): nothing to say.
@@ -168,15 +172,25 @@ pub async fn seed(
             return None;
         }
     };
-    if let Err(why) = snapshot::decode(&bytes) {
-        tracing::warn!(seq, reason = %why, "shared snapshot unusable; reading the stream from the start");
-        return None;
+    match snapshot::decode(&bytes) {
+        Ok((image, _)) if image.applied_seq == seq => {}
+        Ok((image, _)) => {
+            tracing::warn!(seq, image_seq = image.applied_seq, "shared snapshot's image is not at its signed seq; reading the stream from the start");
+            return None;
+        }
+        Err(why) => {
+            tracing::warn!(seq, reason = %why, "shared snapshot unusable; reading the stream from the start");
+            return None;
+        }
     }
-    let seeded = store
-        .write(seq, chrono::Utc::now().timestamp(), &bytes)
+    // In this order, so that a crash in between leaves what `finish_seed` completes.
+    let seeded = log
+        .set_meta("stream_created", &created)
         .map_err(|e| e.to_string())
-        .and_then(|_| {
-            log.set_meta("stream_created", &created)
+        .and_then(|()| {
+            store
+                .write(seq, chrono::Utc::now().timestamp(), &bytes)
+                .map(drop)
                 .map_err(|e| e.to_string())
         })
         .and_then(|()| log.start_after(seq).map_err(|e| e.to_string()));
@@ -187,6 +201,28 @@ pub async fn seed(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot seed from the shared snapshot");
+            None
+        }
+    }
+}
+
+/// Completes a seed a crash interrupted: the log is empty and starts at 1, but the stream is
+/// known and a snapshot was written (see the order in [`seed`]). The log then starts after
+/// the newest readable one. Without a known stream (the log was lost, not half-seeded) the
+/// start refuses the snapshot as ahead of the log, as it would in embedded mode.
+fn finish_seed(log: &SledLog, store: &SnapshotStore) -> Option<u64> {
+    if log.base().ok()? > 0 || log.meta("stream_created").ok()??.is_empty() {
+        return None;
+    }
+    let newest = store.newest_valid(u64::MAX).ok()??;
+    let seq = newest.image.applied_seq;
+    match log.start_after(seq) {
+        Ok(()) => {
+            tracing::info!(seq, "finished seeding from the shared snapshot");
+            Some(seq)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot finish seeding from the shared snapshot");
             None
         }
     }
@@ -232,4 +268,31 @@ pub async fn share_newest(
     }
     *shared = seq;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+
+    #[test]
+    fn a_seed_cut_short_by_a_crash_is_finished_and_a_lost_log_is_not_taken_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path()).unwrap();
+        let store = SnapshotStore::new(dir.path(), 2);
+        let mut image = State::new("n1").image();
+        image.applied_seq = 7;
+        store
+            .write(7, 1, &snapshot::encode(&image, 1).unwrap())
+            .unwrap();
+        // The stream was never recorded: a log lost beside its snapshot, not a seed.
+        assert_eq!(finish_seed(&log, &store), None);
+        assert_eq!(log.last_seq(), 0);
+        // Recorded first by a seed, then the crash: the seed is finished.
+        log.set_meta("stream_created", "2026-12-04T00:00:00Z")
+            .unwrap();
+        assert_eq!(finish_seed(&log, &store), Some(7));
+        assert_eq!((log.last_seq(), log.base().unwrap()), (7, 7));
+        assert_eq!(finish_seed(&log, &store), None, "once");
+    }
 }

@@ -226,7 +226,10 @@ impl FromRequest for Caller {
                         tried.catch_up = true;
                     }
                     Step::Sync(writer) => {
-                        match writer.send(crate::actors::FlushUsage).await {
+                        match writer
+                            .send(crate::actors::FlushUsage { periods: false })
+                            .await
+                        {
                             Ok(Ok(_)) => {}
                             Ok(Err(e)) => tracing::warn!(error = %e, "usage sync failed"),
                             Err(e) => {

@@ -345,6 +345,13 @@ pub fn restore(settings: &Settings, log: Arc<SledLog>) -> Result<Restored, Start
     state
         .rate_limits
         .set_record_secs(settings.history.usage_record_secs);
+    let base = log.base()?;
+    if base > state.applied_seq() {
+        return Err(StartError::Other(format!(
+            "the log in {} starts after seq {base} (the node was seeded from a shared snapshot), and no usable snapshot reaches it: empty the data directory to seed the node again",
+            settings.data.display()
+        )));
+    }
     let state = Arc::new(state);
     let n = log.replay_into(&state)?;
     tracing::info!(

@@ -398,7 +398,7 @@ impl RateLimits {
     /// with its requests (when counting) and per-token tallies. When claiming, also the
     /// claims waiting requests want. The open window's count is state, never a record: kept
     /// by [`RateLimits::checkpoint`].
-    pub fn drain(&self, now: i64) -> Vec<UsageRecorded> {
+    pub fn drain(&self, now: i64, periods: bool) -> Vec<UsageRecorded> {
         let mut out = Vec::new();
         let map = self.buckets.pin();
         let claiming = self.claiming();
@@ -406,8 +406,13 @@ impl RateLimits {
         let record_secs = self.record_secs();
         for (user, bucket) in map.iter() {
             let mut b = bucket.inner.lock();
-            b.close_periods(now, claiming, record_secs);
-            for c in std::mem::take(&mut b.carried) {
+            let ended = if periods {
+                b.close_periods(now, claiming, record_secs);
+                std::mem::take(&mut b.carried)
+            } else {
+                Vec::new()
+            };
+            for c in ended {
                 out.push(UsageRecorded {
                     user_id: *user,
                     window_start: c.start,
@@ -434,7 +439,8 @@ impl RateLimits {
     }
 
     /// The open windows that changed since the last call, for the checkpoint to overwrite
-    /// (an empty image: the row can go).
+    /// (an empty image: the row can go). Should saving them fail, [`RateLimits::mark_changed`]
+    /// puts them back in the next call.
     pub fn checkpoint(&self) -> Vec<WindowImage> {
         let map = self.buckets.pin();
         let claiming = self.claiming();
@@ -444,15 +450,31 @@ impl RateLimits {
             if !std::mem::take(&mut b.dirty) {
                 continue;
             }
+            // Periods that ended and wait for their record (one that could not be written
+            // yet) are kept too: a restart records them.
+            let mut tallies = b.tallies.clone();
+            for c in &b.carried {
+                tallies.extend_from_slice(&c.tallies);
+            }
             out.push(WindowImage {
                 user: *user,
                 window_start: b.window_start,
                 window_secs: b.window_secs,
                 requests: if claiming { 0 } else { b.local },
-                tallies: b.tallies.clone(),
+                tallies,
             });
         }
         out
+    }
+
+    /// Marks these users' windows as changed (their checkpoint rows could not be saved).
+    pub fn mark_changed(&self, users: impl IntoIterator<Item = UserId>) {
+        let map = self.buckets.pin();
+        for user in users {
+            if let Some(b) = map.get(&user) {
+                b.inner.lock().dirty = true;
+            }
+        }
     }
 
     /// Puts checkpointed windows back, after the log was replayed: the window's count (when
@@ -498,8 +520,13 @@ impl RateLimits {
         let is_claim = claiming && e.requests > 0;
         if !is_claim {
             if own {
+                // Whatever this node still holds of the period is in this record (a restart
+                // may have restored it from the checkpoint before the stream brought the
+                // record back): it must not be recorded twice.
                 let end = e.window_start + i64::from(e.window_secs);
                 b.recorded = b.recorded.max(Some(end));
+                b.tallies.retain(|t| t.2 >= end);
+                b.carried.retain(|c| c.start >= end);
             }
             return;
         }
@@ -614,8 +641,8 @@ mod tests {
         }
         rl.try_admit(U, t2, 3600, 5, 60).unwrap();
         assert_eq!(rl.used(U), 1, "the window of 3600");
-        assert!(rl.drain(3599).is_empty(), "the hour is not over");
-        let events = rl.drain(3600);
+        assert!(rl.drain(3599, true).is_empty(), "the hour is not over");
+        let events = rl.drain(3600, true);
         assert_eq!(
             events.len(),
             1,
@@ -628,7 +655,7 @@ mod tests {
             (e.tokens[0].requests, e.tokens[0].last_used_at.timestamp()),
             (4, 3599)
         );
-        assert!(rl.drain(3700).is_empty(), "once");
+        assert!(rl.drain(3700, true).is_empty(), "once");
         rl.apply(e, true);
         assert_eq!(rl.used(U), 1, "a record changes no count");
         assert_eq!(rl.unrecorded(U), vec![(t2, 1, 3600)]);
@@ -643,11 +670,45 @@ mod tests {
             rl.try_admit(U, t, now, 100, 1).unwrap();
         }
         let periods: Vec<_> = rl
-            .drain(12)
+            .drain(12, true)
             .iter()
             .map(|e| (e.window_start, e.requests))
             .collect();
         assert_eq!(periods, vec![(10, 2), (11, 1)]);
+    }
+
+    #[test]
+    fn only_the_usage_round_records_periods_and_an_own_record_settles_restored_tallies() {
+        let rl = RateLimits::default();
+        let t = TokenId::new();
+        rl.try_admit(U, t, 10, 5, 60).unwrap();
+        // The request path's flush (claims) leaves ended periods to the usage round, which
+        // checkpoints right after recording them.
+        assert!(rl.drain(3600, false).is_empty());
+        let images = rl.checkpoint();
+        let records = rl.drain(3600, true);
+        assert_eq!(records.len(), 1);
+        // A restart restored the checkpoint before the stream brought its own record back:
+        // the record settles what the checkpoint held, which is not recorded twice.
+        let fresh = RateLimits::default();
+        fresh.restore_checkpoint(images);
+        assert_eq!(fresh.unrecorded(U).len(), 1);
+        fresh.apply(&records[0], true);
+        assert!(fresh.unrecorded(U).is_empty());
+        assert!(fresh.drain(7200, true).is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_periods_whose_record_could_not_be_written() {
+        let rl = RateLimits::default();
+        let t = TokenId::new();
+        rl.try_admit(U, t, 10, 5, 60).unwrap();
+        let records = rl.drain(3600, true);
+        rl.restore(&records);
+        let images = rl.checkpoint();
+        let fresh = RateLimits::default();
+        fresh.restore_checkpoint(images);
+        assert_eq!(fresh.drain(3600, true), records);
     }
 
     #[test]
@@ -657,8 +718,8 @@ mod tests {
         for now in [10, 20, 3610, 7300] {
             rl.try_admit(U, t, now, 100, 86_400).unwrap();
         }
-        assert!(rl.drain(86_399).is_empty());
-        let events = rl.drain(86_400);
+        assert!(rl.drain(86_399, true).is_empty());
+        let events = rl.drain(86_400, true);
         assert_eq!(events.len(), 1);
         assert_eq!((events[0].window_secs, events[0].requests), (86_400, 4));
         let hours: Vec<_> = events[0]
@@ -683,14 +744,18 @@ mod tests {
         fresh.restore_checkpoint(images.clone());
         assert_eq!(fresh.used(U), 2);
         assert_eq!(fresh.try_admit(U, t1, 3599, 5, 60).unwrap().remaining, 2);
-        assert_eq!(fresh.drain(3600)[0].tokens.len(), 2, "both tokens' tallies");
+        assert_eq!(
+            fresh.drain(3600, true)[0].tokens.len(),
+            2,
+            "both tokens' tallies"
+        );
         // The hour was recorded before the checkpoint said so (a crash in between): the log
         // has it, and the checkpoint's copy is not recorded twice.
-        let recorded = rl.drain(3600);
+        let recorded = rl.drain(3600, true);
         let again = RateLimits::default();
         again.apply(&recorded[0], true);
         again.restore_checkpoint(images);
-        assert!(again.drain(3600).is_empty());
+        assert!(again.drain(3600, true).is_empty());
         assert!(again.unrecorded(U).is_empty());
         assert_eq!(again.used(U), 2, "the window's count is state, restored");
     }
@@ -710,7 +775,7 @@ mod tests {
         let refused = rl.try_admit(U, t, 0, 10, 60).unwrap_err();
         assert!(refused.share_used);
         assert_eq!(refused.retry_after(0), 1);
-        let claim = rl.drain(0);
+        let claim = rl.drain(0, true);
         assert_eq!(claim[0].requests, 1, "what was wanted");
         assert!(
             rl.try_admit(U, t, 0, 10, 60).unwrap_err().share_used,
@@ -721,7 +786,7 @@ mod tests {
         assert!(rl.try_admit(U, t, 0, 10, 60).unwrap_err().share_used);
         // Claims ramp up: twice the last (2), then 4 capped at a third of the 7 left (2).
         for expected in [2, 2] {
-            let claim = rl.drain(0);
+            let claim = rl.drain(0, true);
             assert_eq!(claim[0].requests, expected);
             rl.apply(&claim[0], true);
             for _ in 0..expected {
@@ -740,7 +805,7 @@ mod tests {
             let _ = a.try_admit(U, t, 0, 10, 60);
             let _ = b.try_admit(U, t, 0, 10, 60);
         }
-        let (ca, cb) = (a.drain(0), b.drain(0));
+        let (ca, cb) = (a.drain(0, true), b.drain(0, true));
         assert_eq!((ca[0].requests, cb[0].requests), (8, 8));
         // The stream ordered a's claim first: a gets 8, b the 2 left.
         for rl in [&a, &b] {
@@ -768,7 +833,7 @@ mod tests {
         for _ in 0..30 {
             let _ = rl.try_admit(U, t, 0, 100, 60);
         }
-        for e in rl.drain(0) {
+        for e in rl.drain(0, true) {
             rl.apply(&e, true);
         }
         for _ in 0..5 {
@@ -786,7 +851,7 @@ mod tests {
         for _ in 0..5 {
             let _ = rl.try_admit(U, t, 0, 10, 60);
         }
-        let claim = rl.drain(0);
+        let claim = rl.drain(0, true);
         assert_eq!(claim[0].requests, 5);
         // A fresh process replays the claim it made in its previous life: those 5 may have
         // been used, so it must claim anew from the 5 left.
@@ -795,7 +860,7 @@ mod tests {
         for _ in 0..9 {
             assert!(fresh.try_admit(U, t, 0, 10, 60).unwrap_err().share_used);
         }
-        let next = fresh.drain(0);
+        let next = fresh.drain(0, true);
         assert_eq!(next[0].requests, 5, "what was wanted, up to the 5 left");
     }
 
@@ -806,9 +871,9 @@ mod tests {
         for _ in 0..2 {
             rl.try_admit(U, t, 0, 10, 60).unwrap();
         }
-        let events = rl.drain(3600);
+        let events = rl.drain(3600, true);
         rl.restore(&events);
-        let again = rl.drain(3600);
+        let again = rl.drain(3600, true);
         assert_eq!(again, events);
         assert_eq!(again[0].requests, 2);
         assert_eq!(again[0].tokens[0].requests, 2);

@@ -391,7 +391,7 @@ async fn a_fresh_cluster_node_starts_from_the_shared_snapshot_and_refuses_an_unt
             assert_eq!(status(ra).await, StatusCode::UNAUTHORIZED);
         }
     };
-    let b = spawn_node(&nats, "b", CLUSTER_CONFIG).await;
+    let mut b = spawn_node(&nats, "b", CLUSTER_CONFIG).await;
     let seeded = format!("seeded from the shared snapshot seq={at_snapshot}");
     assert!(
         b.output().iter().any(|l| l.contains(&seeded)),
@@ -411,6 +411,22 @@ async fn a_fresh_cluster_node_starts_from_the_shared_snapshot_and_refuses_an_unt
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     check(&b).await;
+    // Its log starts after the snapshot: without a usable one it refuses to start, saying
+    // how to seed it again (rather than failing on a gap at seq 1).
+    assert!(b.stop().await.success());
+    std::fs::remove_dir_all(b.data_dir().join("snapshots")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(b.data_dir())
+        .arg("--config")
+        .arg(b.dir.path().join("config.toml"))
+        .envs(nats.node_env("b"))
+        .env("SNAPTRACK_ADMIN_TOKEN", "adm-0123456789abcdefghijklmn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("empty the data directory to seed"), "{err}");
 
     // A snapshot no trusted node signed, claiming to be newer, is refused: a fresh node
     // reads the stream from 1 instead, and is just as right.

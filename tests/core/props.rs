@@ -128,11 +128,15 @@ impl Run {
                 }
             }
             Op::Flush => {
-                let usage = self.core.state.rate_limits.drain(now.timestamp());
+                let usage = self.core.state.rate_limits.drain(now.timestamp(), true);
                 self.exec(Command::RecordUsage(usage));
             }
             Op::Close => {
-                let usage = self.core.state.rate_limits.drain(now.timestamp() + 3600);
+                let usage = self
+                    .core
+                    .state
+                    .rate_limits
+                    .drain(now.timestamp() + 3600, true);
                 self.exec(Command::RecordUsage(usage));
             }
             Op::Login(u) => {

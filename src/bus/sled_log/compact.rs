@@ -2,7 +2,8 @@
 //!
 //! A compacted record keeps its position as an empty entry (the form of [`Entry::Foreign`]),
 //! so the log stays contiguous and replay passes over it; the security events around it are
-//! rewritten byte for byte as they were. Only records wholly at or before `through` are
+//! kept, rewritten in the current binary form (events of an older version come back as the
+//! upcasters read them, which is how replay reads them anyway). Only records wholly at or before `through` are
 //! touched (the caller passes the oldest snapshot kept and how far the hourly roll-ups have
 //! read, so no start needs what goes and the roll-ups have it), and never the run of small
 //! records the group commit may still merge.
@@ -22,13 +23,24 @@ impl SledLog {
     /// Returns how many records of usage went.
     pub fn compact_usage(&self, cutoff: DateTime<Utc>, through: u64) -> Result<u64, LogError> {
         let from: u64 = self.meta(FROM)?.and_then(|v| v.parse().ok()).unwrap_or(1);
-        let merging: Vec<u64> = self.tail.lock().keys.clone();
         let upcasters = Upcasters::builtin();
         let (mut compacted, mut next) = (0u64, from);
-        for item in self.db.range(key(from)..) {
+        loop {
+            // One record at a time under the write gate: the group commit's leader holds it
+            // from taking the queue (and deciding a merge of the small records at the end)
+            // until sled has the batch, so no merge can be decided or written while a record
+            // is read and rewritten here; between records, commits go on.
+            let gate = self.writing.blocking_lock();
+            if let Some(failed) = gate.as_ref() {
+                return Err(LogError::Failed(failed.clone()));
+            }
+            let merging = self.tail.lock().keys.first().copied().unwrap_or(u64::MAX);
+            let Some(item) = self.db.range(key(next)..).next() else {
+                break;
+            };
             let (k, v) = item?;
-            let first = seq_of(&k, from)?;
-            if merging.contains(&first) {
+            let first = seq_of(&k, next)?;
+            if first >= merging {
                 break;
             }
             let mut reader = Reader::open(first, v)?;
@@ -59,6 +71,7 @@ impl SledLog {
             if changed {
                 self.db.insert(key(first), out.record())?;
             }
+            drop(gate);
             if young {
                 break;
             }
