@@ -179,6 +179,29 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     // The token works over HTTP.
     assert_eq!(app.get_test(&token).await.status(), StatusCode::OK);
 
+    // Its usage chart shows the request: per hour over 7 days, per day over 90.
+    click(c, "button.usage").await;
+    until("the usage chart", || async {
+        text(c, ".usage-total").await == "1 request in the last 7 days"
+    })
+    .await;
+    let bars = c.find_all(Locator::Css("td.usage svg rect")).await.unwrap();
+    assert_eq!(bars.len(), 1, "one hour with requests");
+    std::fs::write(dir.join("usage-chart.png"), c.screenshot().await.unwrap()).unwrap();
+    click(c, "button.range").await;
+    until("the 90-day chart", || async {
+        text(c, ".usage-total").await == "1 request in the last 90 days"
+    })
+    .await;
+    click(c, "button.usage").await;
+    until("the chart closed", || async {
+        c.find_all(Locator::Css("td.usage"))
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+
     // Revoke Token, confirm in the dialog.
     click(c, "button.revoke").await;
     until("the confirmation", || async {

@@ -1,4 +1,6 @@
-// Settings → API Keys: list, generate (shown once), revoke (with confirmation), regenerate.
+// Settings → API Keys: list, generate (shown once), revoke (with confirmation), regenerate,
+// and each token's usage chart (requests per hour over 7 days, per day over 90), drawn here
+// as SVG from GET /dashboard/tokens/{id}/usage.
 // Every value from the server is inserted with textContent, never as HTML.
 "use strict";
 const $ = (id) => document.getElementById(id);
@@ -65,6 +67,7 @@ async function refresh() {
     stCell.append(badge);
     const actions = document.createElement("td");
     actions.className = "actions";
+    actions.append(button("Usage", "secondary small usage", () => toggleUsage(t, tr)));
     if (st === "active") {
       actions.append(
         button("Regenerate", "secondary small regenerate", () => regenerate(t)),
@@ -77,6 +80,83 @@ async function refresh() {
       cell(t.expires_at ? fmt(t.expires_at) : "never"), stCell, actions,
     );
     body.append(tr);
+  }
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+const HOUR = 3600;
+
+// Buckets of `size` seconds covering the last `count` of them, from the hourly counts.
+function buckets(hours, size, count) {
+  const now = Math.floor(Date.now() / 1000);
+  const end = now - (now % size) + size;
+  const start = end - size * count;
+  const out = new Array(count).fill(0);
+  for (const h of hours) {
+    if (h.start >= start && h.start < end) out[Math.floor((h.start - start) / size)] += h.requests;
+  }
+  return { out, start };
+}
+
+function chart(hours, daily) {
+  const size = daily ? 24 * HOUR : HOUR;
+  const count = daily ? 90 : 7 * 24;
+  const { out, start } = buckets(hours, size, count);
+  const total = out.reduce((a, b) => a + b, 0);
+  const max = Math.max(1, ...out);
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 " + count + " 40");
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  const period = daily ? "the last 90 days, per day" : "the last 7 days, per hour";
+  svg.setAttribute("aria-label", "Requests in " + period + ": " + total + " in all");
+  out.forEach((n, i) => {
+    if (n === 0) return;
+    const r = document.createElementNS(SVG, "rect");
+    const h = Math.max(1, (n / max) * 38);
+    r.setAttribute("x", i + 0.1);
+    r.setAttribute("width", 0.8);
+    r.setAttribute("y", 40 - h);
+    r.setAttribute("height", h);
+    const title = document.createElementNS(SVG, "title");
+    const when = new Date((start + i * size) * 1000);
+    title.textContent = (daily ? when.toLocaleDateString() : when.toLocaleString()) + ": " + n;
+    r.append(title);
+    svg.append(r);
+  });
+  const caption = document.createElement("p");
+  caption.className = "usage-total";
+  caption.textContent = total + (total === 1 ? " request" : " requests") +
+    (daily ? " in the last 90 days" : " in the last 7 days");
+  return [caption, svg];
+}
+
+async function toggleUsage(t, tr) {
+  const next = tr.nextElementSibling;
+  if (next && next.classList.contains("usage-row")) {
+    next.remove();
+    return;
+  }
+  const row = document.createElement("tr");
+  row.className = "usage-row";
+  const td = document.createElement("td");
+  td.colSpan = 7;
+  td.className = "usage";
+  row.append(td);
+  tr.after(row);
+  try {
+    const { hours } = await api("GET", "/dashboard/tokens/" + t.id + "/usage");
+    let daily = false;
+    const draw = () => {
+      const toggle = button(daily ? "Last 7 days" : "Last 90 days", "secondary small range", () => {
+        daily = !daily;
+        draw();
+      });
+      td.replaceChildren(...chart(hours, daily), toggle);
+    };
+    draw();
+  } catch (e) {
+    td.textContent = e.message;
   }
 }
 
