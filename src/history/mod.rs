@@ -4,6 +4,8 @@
 //!   restart (even after `kill -9`) restores them without their requests ever being events.
 //! - [`UsageRollups`]: requests per token per hour, rolled up from the log's usage records
 //!   and kept `usage_retention_days`.
+//! - [`SecurityLog`]: each user's own security events, newest first, for Settings → Security
+//!   log (a projection of the log, beside it).
 //! - [`snapshot`]: the whole state at a sequence number, so a start replays only what
 //!   followed it; [`take`] writes one.
 //!
@@ -15,10 +17,12 @@
 
 mod checkpoint;
 pub mod rollup;
+pub mod security_log;
 pub mod snapshot;
 
 pub use checkpoint::UsageCheckpoint;
 pub use rollup::UsageRollups;
+pub use security_log::SecurityLog;
 pub use snapshot::{SnapshotError, SnapshotStore};
 
 use crate::bus::SledLog;
@@ -168,6 +172,34 @@ pub async fn roll_up_periodically(
             }
             Ok(Err(e)) => tracing::error!(error = %e, "usage roll-up failed"),
             Err(e) => tracing::error!(error = %e, "usage roll-up task failed"),
+        }
+    }
+}
+
+/// Files new events in the users' security logs every `every`. Runs until aborted.
+pub async fn follow_security_log(
+    security: Arc<SecurityLog>,
+    log: Arc<SledLog>,
+    state: Arc<State>,
+    every: std::time::Duration,
+    gate: Arc<Quiesce>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Some(inside) = gate.enter().await else {
+            return;
+        };
+        let (sec, l, st) = (security.clone(), log.clone(), state.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let _inside = inside;
+            sec.catch_up(&l, &st, l.durable_seq())
+        })
+        .await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "security log update failed"),
+            Err(e) => tracing::error!(error = %e, "security log task failed"),
         }
     }
 }

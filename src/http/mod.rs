@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod ops;
 pub mod pages;
 pub mod public;
+pub mod security_log;
 pub mod throttle;
 pub mod tokens;
 pub mod usage;
@@ -22,7 +23,7 @@ use crate::cluster::Cluster;
 use crate::command::{Command, CommandError};
 use crate::config::Settings;
 use crate::domain::{Email, Password, Tier, UserName};
-use crate::history::{Quiesce, SnapshotStore, UsageCheckpoint, UsageRollups};
+use crate::history::{Quiesce, SecurityLog, SnapshotStore, UsageCheckpoint, UsageRollups};
 use crate::signing::{Signer, Verifier};
 use crate::state::{State, TierTable};
 use actix::{Actor, Addr};
@@ -46,6 +47,8 @@ pub struct AppState {
     pub checkpoint: Arc<UsageCheckpoint>,
     /// Requests per token per hour, for the usage chart.
     pub rollups: Arc<UsageRollups>,
+    /// Each user's security events, for Settings → Security log.
+    pub security_log: Arc<SecurityLog>,
     /// `Some` in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
     /// Per-tier limits, copied out of the settings so the verify path reads one small array.
@@ -160,6 +163,8 @@ pub const ROUTES: &[&str] = &[
     "/dashboard/tokens/{id}",
     "/dashboard/tokens/{id}/regenerate",
     "/dashboard/tokens/{id}/usage",
+    "/dashboard/events",
+    "/settings/security-log",
     "/admin/users",
     "/admin/users/{id}",
     "/admin/users/{id}/subscription",
@@ -202,6 +207,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(dashboard::regenerate)),
         )
         .service(resource("/dashboard/tokens/{id}/usage").route(web::get().to(usage::token_usage)))
+        .service(resource("/dashboard/events").route(web::get().to(security_log::events)))
+        .service(resource("/settings/security-log").route(web::get().to(pages::security_log_page)))
         .service(resource("/admin/users").route(web::post().to(admin::create_user)))
         .service(resource("/admin/users/{id}").route(web::get().to(admin::get_user)))
         .service(
@@ -271,6 +278,7 @@ pub struct Restored {
     pub checkpoint: Arc<UsageCheckpoint>,
     pub snapshots: Arc<SnapshotStore>,
     pub rollups: Arc<UsageRollups>,
+    pub security_log: Arc<SecurityLog>,
 }
 
 /// Opens the log in `settings.data`, replays it into a fresh state, and puts the
@@ -364,12 +372,14 @@ pub fn restore(settings: &Settings, log: Arc<SledLog>) -> Result<Restored, Start
     tracing::debug!(windows = windows.len(), "usage checkpoint restored");
     state.rate_limits.restore_checkpoint(windows);
     let rollups = Arc::new(UsageRollups::open(&log)?);
+    let security_log = Arc::new(SecurityLog::open(&log)?);
     Ok(Restored {
         log,
         state,
         checkpoint,
         snapshots,
         rollups,
+        security_log,
     })
 }
 
@@ -473,6 +483,7 @@ impl Application {
             checkpoint,
             snapshots,
             rollups,
+            security_log,
         } = restore(&settings, log)?;
         let (writer, cluster, tasks) = match connected {
             Some((bus, verifier)) => {
@@ -516,6 +527,13 @@ impl Application {
             std::time::Duration::from_secs(2),
             quiesce.clone(),
         )));
+        tasks.push(tokio::spawn(crate::history::follow_security_log(
+            security_log.clone(),
+            log.clone(),
+            state.clone(),
+            std::time::Duration::from_secs(2),
+            quiesce.clone(),
+        )));
         UsageFlusher::new(
             writer.clone(),
             state.clone(),
@@ -546,6 +564,7 @@ impl Application {
             snapshots: snapshots.clone(),
             checkpoint: checkpoint.clone(),
             rollups: rollups.clone(),
+            security_log: security_log.clone(),
             cluster: cluster.clone(),
             tiers: settings.tier_table(),
             settings: settings.clone(),

@@ -11,6 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 const CSS: &str = include_str!("assets/app.css");
 const LOGIN_JS: &str = include_str!("assets/login.js");
 const API_KEYS_JS: &str = include_str!("assets/api-keys.js");
+const SECURITY_LOG_JS: &str = include_str!("assets/security-log.js");
 
 /// Allows this origin's scripts, styles and fetches, nothing else; no framing.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -96,6 +97,7 @@ pub async fn api_keys_page(req: HttpRequest) -> HttpResponse {
     let body = format!(
         r#"<header class="top"><div class="bar">
 <a class="logo" href="/settings/api-keys">Snap<span>Track</span></a>
+<nav><a href="/settings/api-keys" aria-current="page">API Keys</a> <a href="/settings/security-log">Security log</a></nav>
 <span class="spacer"></span>
 <span class="who">{name} · {email}</span>
 <button type="button" class="secondary small" id="logout">Log out</button>
@@ -147,12 +149,45 @@ pub async fn api_keys_page(req: HttpRequest) -> HttpResponse {
     page("API Keys", &body, "api-keys.js")
 }
 
+/// `GET /settings/security-log`: the signed-in user's own security events, newest first.
+pub async fn security_log_page(req: HttpRequest) -> HttpResponse {
+    let Some(s) = SessionUser::from_cookie(&req) else {
+        return redirect("/login");
+    };
+    let body = format!(
+        r#"<header class="top"><div class="bar">
+<a class="logo" href="/settings/api-keys">Snap<span>Track</span></a>
+<nav><a href="/settings/api-keys">API Keys</a> <a href="/settings/security-log" aria-current="page">Security log</a></nav>
+<span class="spacer"></span>
+<span class="who">{name} · {email}</span>
+<button type="button" class="secondary small" id="logout">Log out</button>
+</div></header>
+<main>
+<div class="crumbs">Settings</div>
+<h1>Security log</h1>
+<section class="card">
+<p class="muted">Sign-ins to your account, your tokens and your plan, newest first.</p>
+<table>
+<thead><tr><th>When</th><th>Event</th><th>Details</th></tr></thead>
+<tbody id="events-body"></tbody>
+</table>
+<button type="button" class="secondary small" id="more" hidden>Load more</button>
+<p id="events-error" class="error" role="alert"></p>
+</section>
+</main>"#,
+        name = escape(&s.user.name),
+        email = escape(&s.user.email),
+    );
+    page("Security log", &body, "security-log.js")
+}
+
 /// `GET /assets/{name}`: the embedded CSS and scripts.
 pub async fn asset(name: web::Path<String>) -> HttpResponse {
     let (body, ctype) = match name.as_str() {
         "app.css" => (CSS, "text/css; charset=utf-8"),
         "login.js" => (LOGIN_JS, "text/javascript; charset=utf-8"),
         "api-keys.js" => (API_KEYS_JS, "text/javascript; charset=utf-8"),
+        "security-log.js" => (SECURITY_LOG_JS, "text/javascript; charset=utf-8"),
         _ => return super::error::ApiError::new(super::error::Code::NotFound).into_response(),
     };
     HttpResponse::Ok()

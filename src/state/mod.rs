@@ -381,6 +381,15 @@ impl State {
         Some((id, d.password_hashes.get(&id)?.clone()))
     }
 
+    /// The user with this email (compared as [`State::credentials`] does).
+    pub fn user_with_email(&self, email: &str) -> Option<UserId> {
+        self.directory
+            .read()
+            .emails
+            .get(&crate::domain::email_key(email))
+            .copied()
+    }
+
     pub fn email_taken(&self, email: &str) -> bool {
         self.directory
             .read()

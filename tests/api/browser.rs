@@ -236,6 +236,17 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     assert!(!source.contains(&token), "the token is never shown again");
     assert!(!source.contains(&token[5..45]));
 
+    // Settings → Security log lists the failed and the good sign-in and the token's life.
+    click(c, "a[href='/settings/security-log']").await;
+    until("the security log", || async {
+        let t = text(c, "#events-body").await;
+        t.contains("Token revoked") && t.contains("Token generated") && t.contains("Signed in")
+    })
+    .await;
+    assert!(text(c, "#events-body").await.contains("Failed sign-in"));
+    assert!(text(c, "#events-body").await.contains("laptop"));
+    std::fs::write(dir.join("security-log.png"), c.screenshot().await.unwrap()).unwrap();
+
     // Log out: the page is closed again.
     click(c, "#logout").await;
     until("the login page", || async { path(c).await == "/login" }).await;

@@ -17,5 +17,6 @@ mod pages;
 mod public;
 mod ratelimit;
 mod secrets;
+mod security_log;
 mod tls;
 mod trust;

@@ -54,6 +54,9 @@ struct Run {
     tokens: Vec<(TokenId, ApiToken)>,
     revoked: Vec<ApiToken>,
     sessions: Vec<TokenHash>,
+    /// Hours the simulated clock of requests and flushes is ahead of the real one (each
+    /// `Close` moves it on an hour: the clock never runs back into a recorded period).
+    hours: i64,
 }
 
 impl Run {
@@ -62,7 +65,7 @@ impl Run {
     }
 
     fn step(&mut self, op: Op) {
-        let now = Utc::now();
+        let now = Utc::now() + chrono::Duration::hours(self.hours);
         match op {
             Op::Register(e, t) => {
                 self.exec(register(
@@ -132,11 +135,9 @@ impl Run {
                 self.exec(Command::RecordUsage(usage));
             }
             Op::Close => {
-                let usage = self
-                    .core
-                    .state
-                    .rate_limits
-                    .drain(now.timestamp() + 3600, true);
+                self.hours += 1;
+                let later = now + chrono::Duration::hours(1);
+                let usage = self.core.state.rate_limits.drain(later.timestamp(), true);
                 self.exec(Command::RecordUsage(usage));
             }
             Op::Login(u) => {
@@ -172,7 +173,7 @@ proptest! {
 
     #[test]
     fn replay_equals_live_is_deterministic_and_revoked_tokens_never_verify(ops in proptest::collection::vec(op(), 1..60)) {
-        let mut run = Run { core: Core::new(), tokens: vec![], revoked: vec![], sessions: vec![] };
+        let mut run = Run { core: Core::new(), tokens: vec![], revoked: vec![], sessions: vec![], hours: 0 };
         for op in ops {
             run.step(op);
         }
@@ -205,7 +206,7 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         at in 0.0f64..=1.0,
     ) {
-        let mut run = Run { core: Core::new(), tokens: vec![], revoked: vec![], sessions: vec![] };
+        let mut run = Run { core: Core::new(), tokens: vec![], revoked: vec![], sessions: vec![], hours: 0 };
         for op in ops {
             run.step(op);
         }
