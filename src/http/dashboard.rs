@@ -61,21 +61,26 @@ pub async fn login(
     same_origin(&req)?;
     let ip = client_ip(&req);
     let now = Utc::now();
-    if let Some(wait) = app.login_throttle.blocked(ip, now.timestamp()) {
-        return Err(ApiError::retry_after(Code::LoginThrottled, wait));
-    }
     let creds = parse_login(&req, &body)?;
-    // Per account too, from any address: the same for an email without an account, so the
-    // answer tells nothing. Keyed by a hash, so the map holds no typed-in text.
-    let account = Some(TokenHash::of(&email_key(&creds.email)));
-    if let Some(wait) = app.account_login_throttle.blocked(account, now.timestamp()) {
+    // Count the attempt before checking the password, in the same step as the look at the
+    // count, so parallel guesses cannot outrun the throttle; a successful login takes its
+    // count back. Per address, and per account from any address: the same for an email
+    // without an account, so the answer tells nothing (keyed by a hash, so the map holds no
+    // typed-in text).
+    if let Some(ip) = ip {
+        app.login_throttle
+            .try_count(ip, now.timestamp())
+            .map_err(|wait| ApiError::retry_after(Code::LoginThrottled, wait))?;
+    }
+    let account_key = TokenHash::of(&email_key(&creds.email));
+    let account = Some(account_key);
+    if let Err(wait) = app
+        .account_login_throttle
+        .try_count(account_key, now.timestamp())
+    {
+        app.login_throttle.forgive(ip, now.timestamp());
         return Err(ApiError::retry_after(Code::LoginThrottled, wait));
     }
-    // Count the attempt before checking it, so parallel guesses cannot outrun the throttle;
-    // a successful login takes its count back.
-    app.login_throttle.record_failure(ip, now.timestamp());
-    app.account_login_throttle
-        .record_failure(account, now.timestamp());
     let email = Email::parse(&creds.email).ok();
     let known = email
         .as_ref()

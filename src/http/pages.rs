@@ -83,6 +83,32 @@ fn redirect(to: &str) -> HttpResponse {
 }
 
 /// `GET /settings/api-keys`: Settings → API Keys. Without a session: to `/login`.
+/// The settings pages' top bar: the logo, the pages (`current` marked), who is signed in.
+fn settings_header(user: &crate::state::UserView, current: &str) -> String {
+    let link = |path: &str, label: &str| {
+        let mark = if path == current {
+            r#" aria-current="page""#
+        } else {
+            ""
+        };
+        format!(r#"<a href="{path}"{mark}>{label}</a>"#)
+    };
+    format!(
+        r#"<header class="top"><div class="bar">
+<a class="logo" href="/settings/api-keys">Snap<span>Track</span></a>
+<nav>{keys} {log}</nav>
+<span class="spacer"></span>
+<span class="who">{name} · {email}</span>
+<button type="button" class="secondary small" id="logout">Log out</button>
+</div></header>
+"#,
+        keys = link("/settings/api-keys", "API Keys"),
+        log = link("/settings/security-log", "Security log"),
+        name = escape(&user.name),
+        email = escape(&user.email),
+    )
+}
+
 pub async fn api_keys_page(req: HttpRequest) -> HttpResponse {
     let Some(s) = SessionUser::from_cookie(&req) else {
         return redirect("/login");
@@ -95,14 +121,7 @@ pub async fn api_keys_page(req: HttpRequest) -> HttpResponse {
         ""
     };
     let body = format!(
-        r#"<header class="top"><div class="bar">
-<a class="logo" href="/settings/api-keys">Snap<span>Track</span></a>
-<nav><a href="/settings/api-keys" aria-current="page">API Keys</a> <a href="/settings/security-log">Security log</a></nav>
-<span class="spacer"></span>
-<span class="who">{name} · {email}</span>
-<button type="button" class="secondary small" id="logout">Log out</button>
-</div></header>
-<main>
+        r#"{header}<main>
 <div class="crumbs">Settings</div>
 <h1>API Keys</h1>
 <section class="card">
@@ -142,8 +161,7 @@ pub async fn api_keys_page(req: HttpRequest) -> HttpResponse {
 <div class="buttons"><button type="button" class="secondary" id="revoke-cancel">Cancel</button>
 <button type="button" class="danger" id="revoke-confirm">Revoke Token</button></div>
 </dialog>"#,
-        name = escape(&user.name),
-        email = escape(&user.email),
+        header = settings_header(user, "/settings/api-keys"),
         tier = tier.as_str(),
     );
     page("API Keys", &body, "api-keys.js")
@@ -155,14 +173,7 @@ pub async fn security_log_page(req: HttpRequest) -> HttpResponse {
         return redirect("/login");
     };
     let body = format!(
-        r#"<header class="top"><div class="bar">
-<a class="logo" href="/settings/api-keys">Snap<span>Track</span></a>
-<nav><a href="/settings/api-keys">API Keys</a> <a href="/settings/security-log" aria-current="page">Security log</a></nav>
-<span class="spacer"></span>
-<span class="who">{name} · {email}</span>
-<button type="button" class="secondary small" id="logout">Log out</button>
-</div></header>
-<main>
+        r#"{header}<main>
 <div class="crumbs">Settings</div>
 <h1>Security log</h1>
 <section class="card">
@@ -175,8 +186,7 @@ pub async fn security_log_page(req: HttpRequest) -> HttpResponse {
 <p id="events-error" class="error" role="alert"></p>
 </section>
 </main>"#,
-        name = escape(&s.user.name),
-        email = escape(&s.user.email),
+        header = settings_header(&s.user, "/settings/security-log"),
     );
     page("Security log", &body, "security-log.js")
 }
