@@ -122,7 +122,9 @@ fn serve(a: ServeArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     init_logging();
-    let result = actix_web::rt::System::new().block_on(async move {
+    // Kept alive until the exit below, so its blocking threads are never torn down.
+    let system = actix_web::rt::System::new();
+    let result = system.block_on(async move {
         let app = Application::build(settings)
             .await
             .map_err(|e| e.to_string())?;
@@ -140,7 +142,15 @@ fn serve(a: ServeArgs) -> ExitCode {
         app.run_until_stopped().await.map_err(|e| e.to_string())
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        // Everything is flushed: exit now, without tearing down the runtime's blocking
+        // threads. Their thread-local destructors run sled's deferred garbage (crossbeam-epoch),
+        // which can panic once the database is gone and abort the process at exit.
+        Ok(()) => {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            std::process::exit(0)
+        }
         Err(e) => fail(e),
     }
 }
