@@ -13,7 +13,7 @@ use snaptrack_auth::event::{
     Envelope, Event, RevokeReason, TokenIssued, TokenRevoked, UserRegistered,
 };
 use snaptrack_auth::http::auth::bearer_token;
-use snaptrack_auth::state::{State, TierTable};
+use snaptrack_auth::state::{Ask, State, TierTable};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +46,28 @@ fn issued(hash: TokenHash, user: u64) -> Event {
         token_sha256: hash,
         hint: "snpt_…abcd".into(),
         expires_at: None,
+        scopes: None,
+        allowed_ips: None,
     })
+}
+
+/// A token with three scopes of a catalogue and a four-entry allowlist (IPv4 and IPv6).
+fn issued_restricted(hash: TokenHash, user: u64) -> Event {
+    let mut e = issued(hash, user);
+    if let Event::TokenIssued(t) = &mut e {
+        t.scopes = Some(vec![
+            "websites:read".into(),
+            "websites:write".into(),
+            "reports:read".into(),
+        ]);
+        t.allowed_ips = Some(vec![
+            "10.0.0.0/8".into(),
+            "192.168.0.0/16".into(),
+            "2001:db8::/32".into(),
+            "203.0.113.7/32".into(),
+        ]);
+    }
+    e
 }
 
 fn envelope(seq: u64, event: Event) -> Envelope {
@@ -61,10 +82,15 @@ fn envelope(seq: u64, event: Event) -> Envelope {
 
 /// A state with one business user and `n` tokens; returns it and one of the tokens.
 fn state_with_tokens(n: u64) -> (State, ApiToken) {
+    state_with(n, issued)
+}
+
+/// As [`state_with_tokens`], the returned token made by `first`.
+fn state_with(n: u64, first: fn(TokenHash, u64) -> Event) -> (State, ApiToken) {
     let state = State::new("n1");
     state.apply(&envelope(1, user_event())).unwrap();
     let token = ApiToken::generate();
-    state.apply(&envelope(2, issued(token.hash(), 1))).unwrap();
+    state.apply(&envelope(2, first(token.hash(), 1))).unwrap();
     for i in 0..n.saturating_sub(1) {
         let mut raw = [0u8; 32];
         raw[..8].copy_from_slice(&i.to_le_bytes());
@@ -72,6 +98,43 @@ fn state_with_tokens(n: u64) -> (State, ApiToken) {
         state.apply(&envelope(3 + i, issued(hash, 1))).unwrap();
     }
     (state, token)
+}
+
+/// The check of a token with scopes and an allowlist among a million tokens, asked for the
+/// scope it carries from the last address of its list, beside an unrestricted token's
+/// check in the same state.
+fn restricted_at_a_million(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    now: i64,
+) {
+    use snaptrack_auth::state::RequiredScope;
+    let (state, token) = state_with(1_000_000, issued_restricted);
+    let plain = ApiToken::generate();
+    let seq = state.applied_seq() + 1;
+    state
+        .apply(&envelope(seq, issued(plain.hash(), 1)))
+        .unwrap();
+    let ask = Ask {
+        scope: Some(RequiredScope {
+            name: "reports:read",
+            in_catalogue: true,
+        }),
+        ip: Some("203.0.113.7".parse().unwrap()),
+    };
+    g.bench_function("full_check_1m_tokens_scope_and_allowlist", |b| {
+        b.iter(|| {
+            state
+                .verify(black_box(token.expose()), now, &BIG, black_box(ask))
+                .unwrap()
+        })
+    });
+    g.bench_function("full_check_1m_tokens_unrestricted", |b| {
+        b.iter(|| {
+            state
+                .verify(black_box(plain.expose()), now, &BIG, black_box(ask))
+                .unwrap()
+        })
+    });
 }
 
 fn verify(c: &mut Criterion) {
@@ -87,18 +150,24 @@ fn verify(c: &mut Criterion) {
             let t = bearer_token(black_box(&headers)).unwrap();
             let hash = hash_if_well_formed(t).unwrap();
             let tokens = state.tokens.pin();
-            *tokens.get(&hash).unwrap()
+            tokens.get(&hash).unwrap().token_id
         })
     });
     let now = Utc::now().timestamp();
     g.bench_function("full_check_with_rate_limit", |b| {
         b.iter(|| {
             state
-                .verify(black_box(bearer_token(&headers).unwrap()), now, &BIG)
+                .verify(
+                    black_box(bearer_token(&headers).unwrap()),
+                    now,
+                    &BIG,
+                    Ask::default(),
+                )
                 .unwrap()
         })
     });
-    let live = *state.tokens.pin().get(&token.hash()).unwrap();
+    let live = state.tokens.pin().get(&token.hash()).unwrap().clone();
+    restricted_at_a_million(&mut g, now);
     g.bench_function("rate_limit_check_alone", |b| {
         b.iter(|| {
             state

@@ -50,6 +50,7 @@ fn main() {
                     token_id: TokenId::new(),
                     user_id: UserId(1),
                     expires_at: i64::MAX,
+                    restrictions: None,
                 },
             );
         }
@@ -72,6 +73,8 @@ fn main() {
                 token_sha256: *h,
                 hint: "snpt_…abcd".into(),
                 expires_at: None,
+                scopes: None,
+                allowed_ips: None,
             }),
         };
         state.apply(&env).unwrap();

@@ -133,6 +133,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     hash: t.hash(),
                     hint: t.hint(),
                     expires_at: None,
+                    scopes: None,
+                    allowed_ips: None,
                 },
                 at,
             )?;
@@ -223,6 +225,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         token_id: new,
                         hash: t.hash(),
                         hint: t.hint(),
+                        grace: None,
                     },
                     start + chrono::Duration::minutes(30),
                 )?;

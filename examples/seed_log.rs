@@ -47,6 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     hash: t.hash(),
                     hint: t.hint(),
                     expires_at: None,
+                    scopes: None,
+                    allowed_ips: None,
                 },
                 now,
             )?;

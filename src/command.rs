@@ -5,7 +5,7 @@
 use crate::domain::{Email, Subscription, Tier, TokenHash, TokenId, TokenName, UserId, UserName};
 use crate::event::{
     Event, LoginFailed, LoginSucceeded, RevokeReason, SessionEnded, SubscriptionChanged,
-    TokenIssued, TokenRevoked, UsageRecorded, UserRegistered,
+    TokenIssued, TokenRevoked, TokenRotated, UsageRecorded, UserRegistered,
 };
 use crate::state::State;
 use chrono::{DateTime, Utc};
@@ -32,6 +32,10 @@ pub enum Command {
         hash: TokenHash,
         hint: String,
         expires_at: Option<DateTime<Utc>>,
+        /// Scopes picked from the catalogue (`None`: every scope).
+        scopes: Option<Vec<String>>,
+        /// Canonical networks (`None`: from anywhere).
+        allowed_ips: Option<Vec<ipnet::IpNet>>,
     },
     /// `owner: Some(u)` when a user acts on their own tokens: another user's token is then
     /// "not found", exactly as if it did not exist.
@@ -39,13 +43,15 @@ pub enum Command {
         token_id: TokenId,
         owner: Option<UserId>,
     },
-    /// Revokes `old` and issues a replacement with the same name and lifetime, atomically.
+    /// Issues a replacement for `old` with the same name, lifetime and restrictions, and
+    /// ends `old` in the same step: at once (`grace: None`), or when the grace ends.
     RegenerateToken {
         old: TokenId,
         owner: Option<UserId>,
         token_id: TokenId,
         hash: TokenHash,
         hint: String,
+        grace: Option<chrono::Duration>,
     },
     RecordUsage(Vec<UsageRecorded>),
     RecordLogin {
@@ -80,6 +86,8 @@ pub enum CommandError {
     AlreadyRevoked,
     #[error("this user already has the maximum number of active tokens")]
     TokenLimitReached,
+    #[error("token was already regenerated")]
+    AlreadyRotated,
 }
 
 /// Validates `cmd` against `state` at `now` and returns the events it produces.
@@ -121,6 +129,8 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
             hash,
             hint,
             expires_at,
+            scopes,
+            allowed_ips,
         } => {
             state.user(user_id).ok_or(CommandError::UserNotFound)?;
             if state.active_token_count(user_id, now) >= MAX_ACTIVE_TOKENS {
@@ -133,6 +143,8 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
                 token_sha256: hash,
                 hint,
                 expires_at,
+                scopes,
+                allowed_ips: allowed_ips.map(|l| l.iter().map(|n| n.to_string()).collect()),
             })])
         }
         Command::RevokeToken { token_id, owner } => {
@@ -149,22 +161,39 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
             token_id,
             hash,
             hint,
+            grace,
         } => {
             let rec = owned_token(state, old, owner)?;
-            // Regenerating an active token swaps one active token for another; an expired
-            // one's replacement is one more, and counts against the cap like a new one.
-            if !rec.is_active_at(now)
-                && state.active_token_count(rec.user_id, now) >= MAX_ACTIVE_TOKENS
-            {
+            if rec.replaced_by.is_some() {
+                // In its grace period already: one replacement per token. Revoking it ends
+                // the grace at once.
+                return Err(CommandError::AlreadyRotated);
+            }
+            // Regenerating an active token at once swaps one active token for another; with
+            // a grace period both are active for a while, and an expired one's replacement
+            // is one more: those count against the cap like a new token.
+            let adds_one = !rec.is_active_at(now) || grace.is_some();
+            if adds_one && state.active_token_count(rec.user_id, now) >= MAX_ACTIVE_TOKENS {
                 return Err(CommandError::TokenLimitReached);
             }
             let lifetime = rec.expires_at.map(|e| e - rec.created_at);
-            Ok(vec![
-                Event::TokenRevoked(TokenRevoked {
+            let ending = match grace {
+                // The old token never outlives its own expiry.
+                Some(g) if rec.is_active_at(now) => Event::TokenRotated(TokenRotated {
+                    token_id: old,
+                    user_id: rec.user_id,
+                    replaced_by: token_id,
+                    expires_at: rec.expires_at.map_or(now + g, |e| e.min(now + g)),
+                }),
+                _ => Event::TokenRevoked(TokenRevoked {
                     token_id: old,
                     user_id: rec.user_id,
                     reason: RevokeReason::Regenerated,
                 }),
+            };
+            let restrictions = rec.restrictions.as_deref();
+            Ok(vec![
+                ending,
                 Event::TokenIssued(TokenIssued {
                     token_id,
                     user_id: rec.user_id,
@@ -172,6 +201,8 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
                     token_sha256: hash,
                     hint,
                     expires_at: lifetime.map(|l| now + l),
+                    scopes: restrictions.and_then(|r| r.scope_names()),
+                    allowed_ips: restrictions.and_then(|r| r.ip_strings()),
                 }),
             ])
         }

@@ -23,6 +23,9 @@ const BATCH: u8 = 0xB1;
 const BATCH_HEADER: usize = 9;
 
 /// What one position of the log holds.
+// Nearly every entry is an event, read by the million at replay: boxing it for the rare
+// foreign marker would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Entry {
     Event(Envelope),

@@ -8,6 +8,8 @@ mod throttle;
 
 pub use cluster::{redact_url, ClusterSettings, NatsAuth, Secret, StreamTrust};
 pub use history::History;
+
+use crate::domain::restrictions::ScopeCatalogue;
 pub use throttle::{Throttle, MIN_ADMIN_TOKEN_LEN};
 
 use crate::domain::Tier;
@@ -78,6 +80,9 @@ pub struct Settings {
     /// them, the throttles and the login audit see the client's address instead of the
     /// proxy's. Empty: the TCP peer is the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The scope catalogue tokens pick from (`scopes`; env `SNAPTRACK_AUTH_SCOPES`,
+    /// comma-separated). Empty: tokens carry no scopes.
+    pub scopes: ScopeCatalogue,
 }
 
 impl std::fmt::Debug for Settings {
@@ -107,6 +112,7 @@ impl std::fmt::Debug for Settings {
             .field("demo", &self.demo)
             .field("workers", &self.workers)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("scopes", &self.scopes)
             .finish()
     }
 }
@@ -149,6 +155,7 @@ impl Default for Settings {
             demo: false,
             workers: None,
             trusted_proxies: Vec::new(),
+            scopes: ScopeCatalogue::default(),
         }
     }
 }
@@ -165,6 +172,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     workers: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
+    scopes: Option<Vec<String>>,
     #[serde(default)]
     tiers: FileTiers,
     #[serde(default)]
@@ -230,6 +238,13 @@ fn set<T>(slot: &mut T, value: Option<T>) {
 /// host bits set (`10.1.2.3/8`, perhaps meant as `/32`) and `/0` (every client could then
 /// choose its own address) are errors. IPv4-mapped IPv6 entries are taken as IPv4, the form
 /// peers are compared in.
+fn parse_scopes(names: &[String]) -> Result<ScopeCatalogue, ConfigError> {
+    ScopeCatalogue::parse(names).map_err(|reason| ConfigError::Invalid {
+        key: "scopes".into(),
+        reason,
+    })
+}
+
 fn parse_proxies(items: &[&str]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     let invalid = |reason: String| ConfigError::Invalid {
         key: "trusted_proxies".into(),
@@ -301,6 +316,15 @@ impl Settings {
             let items: Vec<&str> = list.split(',').filter(|p| !p.trim().is_empty()).collect();
             s.trusted_proxies = parse_proxies(&items)?;
         }
+        if let Some(list) = env("SNAPTRACK_AUTH_SCOPES") {
+            let names: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect();
+            s.scopes = parse_scopes(&names)?;
+        }
         cluster::apply_env(&env, &mut s.trust, &mut s.nats_auth);
         s.admin_token = env("SNAPTRACK_ADMIN_TOKEN").filter(|t| !t.is_empty());
         set(&mut s.listen, o.listen.clone());
@@ -344,6 +368,9 @@ impl Settings {
         if let Some(list) = f.trusted_proxies {
             let items: Vec<&str> = list.iter().map(String::as_str).collect();
             self.trusted_proxies = parse_proxies(&items)?;
+        }
+        if let Some(names) = f.scopes {
+            self.scopes = parse_scopes(&names)?;
         }
         let tiers = [f.tiers.free, f.tiers.starter, f.tiers.pro, f.tiers.business];
         for (slot, t) in self.tiers.iter_mut().zip(tiers) {

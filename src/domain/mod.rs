@@ -1,6 +1,7 @@
 //! Plain types that parse, not validate: once a value of one of these types exists, it is
 //! well-formed. Nothing here does I/O or knows about HTTP, actors or the log.
 
+pub mod restrictions;
 mod tier;
 pub mod token;
 mod user;

@@ -56,6 +56,36 @@ pub struct TokenIssued {
     pub token_sha256: TokenHash,
     pub hint: String,
     pub expires_at: Option<DateTime<Utc>>,
+    /// v2: the scopes the token carries, from the catalogue; `None` for every scope.
+    pub scopes: Option<Vec<String>>,
+    /// v2: the addresses and networks (canonical CIDR) it may be used from; `None` for
+    /// anywhere.
+    pub allowed_ips: Option<Vec<String>>,
+}
+
+/// `token_issued` v1, as logs written before scopes and allowlists hold it: kept so that
+/// the local log's binary form of v1 still reads ([`upcast::Upcasters::builtin`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIssuedV1 {
+    pub token_id: TokenId,
+    pub user_id: UserId,
+    pub name: String,
+    pub token_sha256: TokenHash,
+    pub hint: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A token was regenerated with a grace period: it keeps working until `expires_at`, then
+/// stops on every node with no further event (the time decides). `replaced_by` is the token
+/// issued in its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRotated {
+    pub token_id: TokenId,
+    pub user_id: UserId,
+    pub replaced_by: TokenId,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Why a token was revoked.
@@ -122,7 +152,7 @@ pub struct SessionEnded {
     pub session_sha256: TokenHash,
 }
 
-/// Every event type, v1.
+/// Every event type, at the version this binary writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     UserRegistered(UserRegistered),
@@ -133,11 +163,14 @@ pub enum Event {
     LoginSucceeded(LoginSucceeded),
     LoginFailed(LoginFailed),
     SessionEnded(SessionEnded),
+    TokenRotated(TokenRotated),
 }
 
 /// The type names, as they appear in the envelope's `type` field and (with dots) in NATS
 /// subjects.
-pub const TYPES: [&str; 8] = [
+///
+/// The position is the type's code in the local log's binary form: new types go at the end.
+pub const TYPES: [&str; 9] = [
     "user_registered",
     "subscription_changed",
     "token_issued",
@@ -146,6 +179,7 @@ pub const TYPES: [&str; 8] = [
     "login_succeeded",
     "login_failed",
     "session_ended",
+    "token_rotated",
 ];
 
 impl Event {
@@ -160,13 +194,17 @@ impl Event {
             Event::LoginSucceeded(_) => "login_succeeded",
             Event::LoginFailed(_) => "login_failed",
             Event::SessionEnded(_) => "session_ended",
+            Event::TokenRotated(_) => "token_rotated",
         }
     }
 
     /// The version this binary writes for each type. Bump it together with an upcaster from
     /// the previous version.
     pub fn current_version(kind: &str) -> Option<u32> {
-        TYPES.contains(&kind).then_some(1)
+        match kind {
+            "token_issued" => Some(2),
+            _ => TYPES.contains(&kind).then_some(1),
+        }
     }
 
     /// The user the event concerns, if any (for `replay --user`).
@@ -180,6 +218,7 @@ impl Event {
             Event::LoginSucceeded(e) => Some(e.user_id),
             Event::LoginFailed(_) => None,
             Event::SessionEnded(e) => Some(e.user_id),
+            Event::TokenRotated(e) => Some(e.user_id),
         }
     }
 
@@ -193,6 +232,7 @@ impl Event {
             Event::LoginSucceeded(e) => e.serialize(s),
             Event::LoginFailed(e) => e.serialize(s),
             Event::SessionEnded(e) => e.serialize(s),
+            Event::TokenRotated(e) => e.serialize(s),
         }
     }
 
@@ -228,6 +268,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for DataSeed<'_> {
             "login_succeeded" => Event::LoginSucceeded(LoginSucceeded::deserialize(d)?),
             "login_failed" => Event::LoginFailed(LoginFailed::deserialize(d)?),
             "session_ended" => Event::SessionEnded(SessionEnded::deserialize(d)?),
+            "token_rotated" => Event::TokenRotated(TokenRotated::deserialize(d)?),
             other => {
                 return Err(serde::de::Error::custom(format!(
                     "unknown event type {other:?}"

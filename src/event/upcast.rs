@@ -1,6 +1,6 @@
 //! Upcasters: functions from version n to n+1 of one event type, on raw JSON, run before
-//! typed decoding. v1 is the first version of every type, so the built-in table is empty; the
-//! mechanism is tested with a table of its own, and the next version bump adds its entry here.
+//! typed decoding. Built in: `token_issued` v1 → v2 (scopes and allowlists: a v1 token has
+//! every scope, from anywhere), with the binary reader of v1.
 
 use serde_json::Value;
 
@@ -22,9 +22,13 @@ pub struct Upcasters {
 }
 
 impl Upcasters {
-    /// The upcasters this binary ships: none yet, every type is at v1.
+    /// The upcasters this binary ships.
     pub fn builtin() -> Self {
         Self::default()
+            .with("token_issued", 1, token_issued_v1_to_v2)
+            .with_reader("token_issued", 1, |b| {
+                read_postcard::<super::TokenIssuedV1>(b)
+            })
     }
 
     /// Adds a step from `from` to `from + 1` for `kind`.
@@ -68,4 +72,26 @@ impl Upcasters {
         }
         Ok(data)
     }
+}
+
+/// `token_issued` v2 added `scopes` and `allowed_ips`; a v1 token has every scope and works
+/// from anywhere, which is what `null` says.
+fn token_issued_v1_to_v2(mut v: Value) -> Result<Value, String> {
+    let obj = v
+        .as_object_mut()
+        .ok_or("token_issued data is not an object")?;
+    obj.insert("scopes".into(), Value::Null);
+    obj.insert("allowed_ips".into(), Value::Null);
+    Ok(v)
+}
+
+/// An old version's binary data through its kept struct, refusing bytes left over.
+fn read_postcard<T: serde::de::DeserializeOwned + serde::Serialize>(
+    b: &[u8],
+) -> Result<Value, String> {
+    let (v, rest) = postcard::take_from_bytes::<T>(b).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after the data".into());
+    }
+    serde_json::to_value(v).map_err(|e| e.to_string())
 }

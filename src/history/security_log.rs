@@ -49,7 +49,12 @@ fn entry(env: &Envelope, state: &State) -> Option<(UserId, Value)> {
         ),
         Event::TokenIssued(e) => (
             e.user_id,
-            json!({"token_id": e.token_id, "name": e.name, "hint": e.hint, "expires_at": e.expires_at}),
+            json!({"token_id": e.token_id, "name": e.name, "hint": e.hint, "expires_at": e.expires_at,
+                   "scopes": e.scopes, "allowed_ips": e.allowed_ips}),
+        ),
+        Event::TokenRotated(e) => (
+            e.user_id,
+            json!({"token_id": e.token_id, "replaced_by": e.replaced_by, "expires_at": e.expires_at}),
         ),
         Event::TokenRevoked(e) => (
             e.user_id,

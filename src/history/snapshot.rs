@@ -23,7 +23,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 const MAGIC: &[u8; 8] = b"SNAPTRKS";
 /// The format this binary writes and reads.
-pub const FORMAT: u32 = 1;
+///
+/// 2: token records carry scopes, allowlists and the token that replaced them. A format-1
+/// snapshot is passed over with a warning like any unreadable one: the start replays the
+/// log in full once, and the next snapshot is format 2.
+pub const FORMAT: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 8 + 8 + 4;
 
 /// Why start-up cannot use the snapshots.
@@ -285,8 +289,11 @@ mod tests {
         *flipped.last_mut().unwrap() ^= 1;
         assert_eq!(decode(&flipped).unwrap_err(), Unreadable::Checksum);
         let mut future = bytes.clone();
-        future[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(decode(&future).unwrap_err(), Unreadable::Format(2));
+        future[8..12].copy_from_slice(&(FORMAT + 1).to_le_bytes());
+        assert_eq!(decode(&future).unwrap_err(), Unreadable::Format(FORMAT + 1));
+        let mut older = bytes.clone();
+        older[8..12].copy_from_slice(&(FORMAT - 1).to_le_bytes());
+        assert_eq!(decode(&older).unwrap_err(), Unreadable::Format(FORMAT - 1));
         assert_eq!(decode(b"junk").unwrap_err(), Unreadable::Magic);
     }
 

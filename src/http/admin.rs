@@ -163,6 +163,18 @@ pub async fn issue_token(
     tokens::issue(&app, id, body.into_inner()).await
 }
 
+/// `POST /admin/tokens/{token_id}/regenerate`: as the dashboard's, for any user's token.
+pub async fn regenerate_token(
+    _: Admin,
+    app: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = tokens::parse_token_id(&path)?;
+    let body = tokens::Regenerate::from_body(&body)?;
+    tokens::regenerate(&app, id, None, body).await
+}
+
 /// `DELETE /admin/tokens/{token_id}`.
 pub async fn revoke_token(
     _: Admin,

@@ -4,7 +4,7 @@
 use super::error::{ApiError, Code};
 use super::AppState;
 use crate::domain::TokenHash;
-use crate::state::{Denied, UserView, Verified};
+use crate::state::{Ask, Denied, RequiredScope, UserView, Verified};
 use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, FromRequest, HttpRequest};
@@ -41,20 +41,62 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// ([`forwarded_client`]). IPv6 addresses are cut to their /64 (one host usually holds a
 /// whole /64, and could rotate through it).
 pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
+    client_addr(req).map(throttle_key)
+}
+
+/// The client's full address (the peer, or the client behind a trusted proxy), canonical:
+/// what a token's address allowlist is checked against.
+pub fn client_addr(req: &HttpRequest) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
     let trusted = req
         .app_data::<web::Data<AppState>>()
         .map_or(&[][..], |app| app.settings.trusted_proxies.as_slice());
-    Some(
-        match forwarded_client(peer, req.headers(), trusted).to_canonical() {
-            IpAddr::V6(v6) => {
-                let mut seg = v6.segments();
-                seg[4..].fill(0);
-                IpAddr::V6(std::net::Ipv6Addr::from(seg))
+    Some(forwarded_client(peer, req.headers(), trusted).to_canonical())
+}
+
+/// What the throttles count an address as: itself, or its /64 for IPv6.
+fn throttle_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(seg))
+        }
+        v4 => v4,
+    }
+}
+
+/// The scope a caller requires: `X-Required-Scope`, else `?scope=`. `Err` when what was
+/// sent is not a scope name at all (a caller's mistake, 400).
+fn required_scope<'a>(
+    req: &'a HttpRequest,
+    catalogue: &crate::domain::restrictions::ScopeCatalogue,
+    buf: &'a mut Option<String>,
+) -> Result<Option<RequiredScope<'a>>, ApiError> {
+    let bad = || ApiError::new(Code::BadRequest).message("The required scope is not a scope name");
+    let name: &str = match req.headers().get("x-required-scope") {
+        Some(v) => v.to_str().map_err(|_| bad())?.trim(),
+        None => {
+            let q = req.query_string();
+            if q.is_empty() {
+                return Ok(None);
             }
-            v4 => v4,
-        },
-    )
+            let Some(v) = form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "scope")
+                .map(|(_, v)| v.into_owned())
+            else {
+                return Ok(None);
+            };
+            buf.insert(v).as_str()
+        }
+    };
+    if !crate::domain::restrictions::is_scope_name(name) {
+        return Err(bad());
+    }
+    Ok(Some(RequiredScope {
+        name,
+        in_catalogue: catalogue.contains(name),
+    }))
 }
 
 /// Whether the session cookie must carry `Secure`: the service speaks TLS itself,
@@ -160,14 +202,21 @@ impl Caller {
             }
         }
         let now = Utc::now().timestamp();
-        let ip = client_ip(req);
+        let addr = client_addr(req);
+        let ip = addr.map(throttle_key);
         if let Some(wait) = app.auth_throttle.blocked(ip, now) {
             return Step::Done(Err(ApiError::retry_after(Code::AuthThrottled, wait)));
         }
+        let mut buf = None;
+        let scope = match required_scope(req, &app.settings.scopes, &mut buf) {
+            Ok(s) => s,
+            Err(e) => return Step::Done(Err(e)),
+        };
+        let ask = Ask { scope, ip: addr };
         let started = Instant::now();
         let outcome = match bearer_token(req.headers()) {
             None => Err(Denied::Unauthorized("header")),
-            Some(token) => app.state.verify(token, now, &app.tiers),
+            Some(token) => app.state.verify(token, now, &app.tiers, ask),
         };
         app.metrics.verify_latency.observe(started.elapsed());
         let outcome = match (outcome, &app.cluster) {
@@ -194,6 +243,10 @@ impl Caller {
                 }
                 Err(e)
             }
+            Err(Denied::Scope(name)) => Err(ApiError::new(Code::ScopeDenied)
+                .message(format!("Token lacks the scope {name}"))
+                .extra("required_scope", json!(name))),
+            Err(Denied::Address) => Err(ApiError::new(Code::AddressDenied)),
             Err(Denied::RateLimited(info)) => Err(ApiError::rate_limited(info, now)),
         })
     }

@@ -200,8 +200,11 @@ pub async fn regenerate(
     s: SessionUser,
     app: web::Data<AppState>,
     path: web::Path<String>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     same_origin(&req)?;
+    let id = tokens::parse_token_id(&path)?;
+    let body = tokens::Regenerate::from_body(&body)?;
     count_token_change(&app, &s)?;
-    tokens::regenerate(&app, tokens::parse_token_id(&path)?, Some(s.user.id)).await
+    tokens::regenerate(&app, id, Some(s.user.id), body).await
 }

@@ -31,6 +31,9 @@ pub enum Code {
     EmailTaken,
     TokenAlreadyRevoked,
     TokenLimitReached,
+    TokenAlreadyRotated,
+    ScopeDenied,
+    AddressDenied,
     ServiceUnavailable,
     StreamUnavailable,
     Internal,
@@ -76,6 +79,13 @@ impl Code {
                 "token_limit_reached",
                 "Token limit reached: revoke a token before generating another",
             ),
+            Code::TokenAlreadyRotated => (
+                409,
+                "token_already_rotated",
+                "Token was already regenerated; revoke it to end its grace period",
+            ),
+            Code::ScopeDenied => (403, "scope_denied", "Token lacks the required scope"),
+            Code::AddressDenied => (403, "address_denied", "Token not allowed from this address"),
             Code::ServiceUnavailable => (503, "service_unavailable", "Service unavailable"),
             Code::StreamUnavailable => (
                 503,
@@ -256,6 +266,7 @@ impl From<CommandError> for ApiError {
             }
             CommandError::AlreadyRevoked => ApiError::new(Code::TokenAlreadyRevoked),
             CommandError::TokenLimitReached => ApiError::new(Code::TokenLimitReached),
+            CommandError::AlreadyRotated => ApiError::new(Code::TokenAlreadyRotated),
         }
     }
 }

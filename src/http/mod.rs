@@ -170,6 +170,7 @@ pub const ROUTES: &[&str] = &[
     "/admin/users/{id}/subscription",
     "/admin/users/{id}/tokens",
     "/admin/tokens/{id}",
+    "/admin/tokens/{id}/regenerate",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -217,6 +218,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/admin/users/{id}/tokens").route(web::post().to(admin::issue_token)))
         .service(resource("/admin/tokens/{id}").route(web::delete().to(admin::revoke_token)))
+        .service(
+            resource("/admin/tokens/{id}/regenerate")
+                .route(web::post().to(admin::regenerate_token)),
+        )
         .service(resource("/healthz").route(web::get().to(ops::healthz)))
         .service(resource("/readyz").route(web::get().to(ops::readyz)))
         .service(resource("/metrics").route(web::get().to(ops::metrics)));

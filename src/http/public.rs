@@ -3,7 +3,8 @@
 
 use super::auth::Caller;
 use super::error::rate_headers;
-use actix_web::{HttpResponse, HttpResponseBuilder};
+use super::AppState;
+use actix_web::{web, HttpResponse, HttpResponseBuilder};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -39,6 +40,11 @@ fn ok_with_rate(caller: &Caller) -> HttpResponseBuilder {
     for h in rate_headers(&caller.0.rate, caller.0.at) {
         r.insert_header(h);
     }
+    if let Some(at) = caller.0.expires_at {
+        // When this token stops (its expiry, or the end of its grace after a regenerate), so
+        // that a client can tell it must move to the new one in time.
+        r.insert_header(("x-token-expires-at", at.to_string()));
+    }
     r
 }
 
@@ -53,12 +59,18 @@ pub async fn test(caller: Caller) -> HttpResponse {
     ok_with_rate(&caller).json(body)
 }
 
-/// `GET /auth`: 200, empty body, identity in headers.
-pub async fn forward_auth(caller: Caller) -> HttpResponse {
+/// `GET /auth`: 200, empty body, identity in headers; `X-Auth-Scopes` lists the token's
+/// scopes (a token without restrictions has every scope of the catalogue).
+pub async fn forward_auth(caller: Caller, app: web::Data<AppState>) -> HttpResponse {
     let v = &caller.0;
+    let scopes = match v.restrictions.as_deref().and_then(|r| r.scopes.as_deref()) {
+        Some(s) => s.join(" "),
+        None => app.settings.scopes.names().join(" "),
+    };
     ok_with_rate(&caller)
         .insert_header(("x-auth-user-id", v.user.id.to_string()))
         .insert_header(("x-auth-tier", v.user.subscription.tier.as_str()))
         .insert_header(("x-auth-token-id", v.token_id.to_string()))
+        .insert_header(("x-auth-scopes", scopes))
         .finish()
 }

@@ -8,9 +8,11 @@
 
 use super::ratelimit::BucketImage;
 use super::{LiveToken, Session, State, TokenRecord, UserView};
+use crate::domain::restrictions::Restrictions;
 use crate::domain::{Subscription, TokenHash, TokenId, UserId};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -61,6 +63,10 @@ pub struct RecordImage {
     pub expires_at: Option<Ts>,
     pub revoked_at: Option<Ts>,
     pub requests: u64,
+    /// As `token_issued` v2 carries them.
+    pub scopes: Option<Vec<String>>,
+    pub allowed_ips: Option<Vec<String>>,
+    pub replaced_by: Option<TokenId>,
 }
 
 /// One user's tokens that will end by time and those that ended (see `retention`).
@@ -135,6 +141,9 @@ impl State {
                 expires_at: ts_opt(r.expires_at),
                 revoked_at: ts_opt(r.revoked_at),
                 requests: r.requests,
+                scopes: r.restrictions.as_ref().and_then(|x| x.scope_names()),
+                allowed_ips: r.restrictions.as_ref().and_then(|x| x.ip_strings()),
+                replaced_by: r.replaced_by,
             })
             .collect();
         let mut sessions: Vec<(TokenHash, UserId, Ts)> = self
@@ -198,6 +207,15 @@ impl State {
             endings,
             buckets,
         } = image;
+        // Restricted tokens share their restrictions between the index and the record; the
+        // few that have any are found first.
+        let restricted: HashMap<TokenHash, Arc<Restrictions>> = records
+            .iter()
+            .filter_map(|r| {
+                Restrictions::from_event(r.scopes.as_deref(), r.allowed_ips.as_deref())
+                    .map(|x| (r.hash, Arc::new(x)))
+            })
+            .collect();
         // Two halves on two threads: the lock-free token index (most of the work, with a
         // million tokens) and everything behind the directory's lock.
         std::thread::scope(|scope| {
@@ -210,6 +228,7 @@ impl State {
                             token_id,
                             user_id,
                             expires_at,
+                            restrictions: restricted.get(&hash).cloned(),
                         },
                     );
                 }
@@ -259,6 +278,8 @@ impl State {
                     expires_at: dt_opt(r.expires_at),
                     revoked_at: dt_opt(r.revoked_at),
                     requests: r.requests,
+                    restrictions: restricted.get(&r.hash).cloned(),
+                    replaced_by: r.replaced_by,
                 });
             }
             d.session_expiry.extend(

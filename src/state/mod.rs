@@ -17,8 +17,9 @@ mod verify;
 pub use image::Image;
 pub use ratelimit::{BucketImage, RateInfo, RateLimits, WindowImage};
 pub use records::TokenRecords;
-pub use verify::{Denied, TierTable, Verified};
+pub use verify::{Ask, Denied, RequiredScope, TierTable, Verified};
 
+use crate::domain::restrictions::Restrictions;
 use crate::domain::{RandomKeys, Subscription, TokenHash, TokenId, UserId};
 use crate::event::{Envelope, Event};
 use chrono::{DateTime, Utc};
@@ -27,14 +28,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A token as the verify path needs it: 32 bytes beside its 32-byte key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A token as the verify path needs it: 40 bytes beside its 32-byte key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveToken {
     pub token_id: TokenId,
     pub user_id: UserId,
     /// Epoch seconds; `i64::MAX` when the token never expires, [`LiveToken::REVOKED`] once
     /// revoked.
     pub expires_at: i64,
+    /// Scopes and allowlist, shared with the token's record. `None` for the common token
+    /// that has every scope from anywhere: the check then asks nothing and touches no
+    /// other memory.
+    pub restrictions: Option<Arc<Restrictions>>,
 }
 
 impl LiveToken {
@@ -70,6 +75,24 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Requests counted by `usage_recorded` events.
     pub requests: u64,
+    /// Lists show `scopes` and `allowed_ips` (`null`: every scope, from anywhere).
+    #[serde(flatten, serialize_with = "restrictions_fields")]
+    pub restrictions: Option<Arc<Restrictions>>,
+    /// Regenerated with a grace period: the token issued in its place (it stops at
+    /// `expires_at`).
+    pub replaced_by: Option<TokenId>,
+}
+
+/// A record's restrictions as two fields of the list entry.
+fn restrictions_fields<S: serde::Serializer>(
+    r: &Option<Arc<Restrictions>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("Restrictions", 2)?;
+    st.serialize_field("scopes", &r.as_ref().and_then(|r| r.scope_names()))?;
+    st.serialize_field("allowed_ips", &r.as_ref().and_then(|r| r.ip_strings()))?;
+    st.end()
 }
 
 impl TokenRecord {
@@ -251,12 +274,16 @@ impl State {
                 }
             }
             Event::TokenIssued(e) => {
+                let restrictions =
+                    Restrictions::from_event(e.scopes.as_deref(), e.allowed_ips.as_deref())
+                        .map(Arc::new);
                 self.tokens.pin().insert(
                     e.token_sha256,
                     LiveToken {
                         token_id: e.token_id,
                         user_id: e.user_id,
                         expires_at: e.expires_at.map_or(i64::MAX, |t| t.timestamp()),
+                        restrictions: restrictions.clone(),
                     },
                 );
                 let mut d = self.directory.write();
@@ -274,7 +301,43 @@ impl State {
                     expires_at: e.expires_at,
                     revoked_at: None,
                     requests: 0,
+                    restrictions,
+                    replaced_by: None,
                 });
+                self.forget(&mut d, gone);
+            }
+            Event::TokenRotated(e) => {
+                let mut d = self.directory.write();
+                let mut gone = Vec::new();
+                if let Some(rec) = d.token_records.get_mut(&e.token_id) {
+                    let before = rec.expires_at;
+                    // Only ever shortens: an earlier expiry stands.
+                    let expires_at = before.map_or(e.expires_at, |b| b.min(e.expires_at));
+                    rec.expires_at = Some(expires_at);
+                    rec.replaced_by = Some(e.replaced_by);
+                    let (hash, user, revoked) = (rec.hash, rec.user_id, rec.revoked_at.is_some());
+                    let tokens = self.tokens.pin();
+                    if let Some(live) = tokens.get(&hash) {
+                        if live.expires_at != LiveToken::REVOKED {
+                            tokens.insert(
+                                hash,
+                                LiveToken {
+                                    expires_at: live.expires_at.min(expires_at.timestamp()),
+                                    ..live.clone()
+                                },
+                            );
+                        }
+                    }
+                    if !revoked {
+                        gone = d.endings.expiry_changed(
+                            user,
+                            e.token_id,
+                            before,
+                            expires_at,
+                            occurred_at,
+                        );
+                    }
+                }
                 self.forget(&mut d, gone);
             }
             Event::TokenRevoked(e) => {
@@ -292,7 +355,7 @@ impl State {
                             hash,
                             LiveToken {
                                 expires_at: LiveToken::REVOKED,
-                                ..*live
+                                ..live.clone()
                             },
                         );
                     }
@@ -459,8 +522,12 @@ impl State {
     /// that replay and live application agree.
     pub fn snapshot(&self) -> Snapshot {
         let d = self.directory.read();
-        let mut tokens: Vec<(TokenHash, LiveToken)> =
-            self.tokens.pin().iter().map(|(k, v)| (*k, *v)).collect();
+        let mut tokens: Vec<(TokenHash, LiveToken)> = self
+            .tokens
+            .pin()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         tokens.sort_by_key(|(k, _)| *k);
         let mut users: Vec<UserView> = self
             .users

@@ -161,6 +161,8 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             requests: 0,
+            restrictions: None,
+            replaced_by: None,
         }
     }
 

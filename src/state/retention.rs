@@ -73,6 +73,33 @@ impl Endings {
         evicted
     }
 
+    /// An active token's expiry moved from `before` to `after` at `at` (regenerated with a
+    /// grace period). Returns the tokens that must leave memory.
+    pub fn expiry_changed(
+        &mut self,
+        user: UserId,
+        id: TokenId,
+        before: Option<DateTime<Utc>>,
+        after: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Vec<TokenId> {
+        let u = self.users.entry(user).or_default();
+        let mut evicted = Self::settle(u, at);
+        let still_active = match before {
+            Some(b) => u.expiring.remove(&(b, id)),
+            None => true,
+        };
+        if still_active {
+            if after <= at {
+                u.ended.insert((after, id));
+                evicted.extend(Self::evict(u));
+            } else {
+                u.expiring.insert((after, id));
+            }
+        }
+        evicted
+    }
+
     /// Every user's expiring and ended tokens, by user (for snapshots).
     #[allow(clippy::type_complexity)]
     pub fn export(

@@ -2,8 +2,10 @@
 //! actor, no lock but the caller's own rate-limit bucket.
 
 use super::{RateInfo, State, UserView};
+use crate::domain::restrictions::Restrictions;
 use crate::domain::token::{hash_if_well_formed, TokenFormatError};
 use crate::domain::{Lapse, Tier, TokenId};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Per-tier limits, indexed by [`Tier::index`]: `None` means no API access.
@@ -17,6 +19,24 @@ impl TierTable {
     }
 }
 
+/// What the caller of a check asks of the token besides being valid: a scope, and the
+/// address the request comes from (the allowlist's).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask<'a> {
+    /// `X-Required-Scope` (or `?scope=`).
+    pub scope: Option<RequiredScope<'a>>,
+    /// The client's full address, as the throttles see it (before any /64 cut).
+    pub ip: Option<IpAddr>,
+}
+
+/// A scope a caller requires. One outside the catalogue is carried by no token, not even
+/// one with every scope: a typo in a proxy's configuration then refuses, never admits.
+#[derive(Debug, Clone, Copy)]
+pub struct RequiredScope<'a> {
+    pub name: &'a str,
+    pub in_catalogue: bool,
+}
+
 /// An admitted request.
 #[derive(Debug, Clone)]
 pub struct Verified {
@@ -25,6 +45,10 @@ pub struct Verified {
     pub rate: RateInfo,
     /// The time of the check, epoch seconds.
     pub at: i64,
+    /// When the token stops (epoch seconds), if it ever does: responses say so.
+    pub expires_at: Option<i64>,
+    /// The token's scopes (`None`: every scope), for `X-Auth-Scopes`.
+    pub restrictions: Option<Arc<Restrictions>>,
 }
 
 /// Why a request is refused, in the order the checks run.
@@ -34,6 +58,10 @@ pub enum Denied {
     Unauthorized(&'static str),
     /// 403: the plan has no API access, or the subscription lapsed.
     Plan { tier: Tier, lapse: Option<Lapse> },
+    /// 403: the token does not carry the scope the caller requires.
+    Scope(String),
+    /// 403: the token's allowlist does not hold the request's address.
+    Address,
     /// 429: the window's requests are used up.
     RateLimited(RateInfo),
 }
@@ -63,13 +91,19 @@ impl State {
         }
     }
 
-    /// Checks a token at `now` (epoch seconds) and, when it passes, counts the request.
-    pub fn verify(&self, token: &str, now: i64, tiers: &TierTable) -> Result<Verified, Denied> {
+    /// Checks a token at `now` (epoch seconds) for what `ask` requires and, when it
+    /// passes, counts the request. Checks in order: 401, plan 403, scope and address 403,
+    /// 429; only an admitted request counts.
+    pub fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        tiers: &TierTable,
+        ask: Ask<'_>,
+    ) -> Result<Verified, Denied> {
         let hash = hash_if_well_formed(token)?;
-        let live = {
-            let tokens = self.tokens.pin();
-            *tokens.get(&hash).ok_or_else(|| self.unknown(&hash))?
-        };
+        let tokens = self.tokens.pin();
+        let live = tokens.get(&hash).ok_or_else(|| self.unknown(&hash))?;
         if live.expires_at <= now {
             return Err(Denied::Unauthorized(
                 if live.expires_at == super::LiveToken::REVOKED {
@@ -95,6 +129,21 @@ impl State {
                 })
             }
         };
+        if let Some(required) = ask.scope {
+            let has = required.in_catalogue
+                && live
+                    .restrictions
+                    .as_deref()
+                    .is_none_or(|r| r.has_scope(required.name));
+            if !has {
+                return Err(Denied::Scope(required.name.to_owned()));
+            }
+        }
+        if let Some(r) = live.restrictions.as_deref() {
+            if !r.allows(ask.ip) {
+                return Err(Denied::Address);
+            }
+        }
         let rate = self
             .rate_limits
             .try_admit(live.user_id, live.token_id, now, limit, window)
@@ -104,6 +153,8 @@ impl State {
             token_id: live.token_id,
             rate,
             at: now,
+            expires_at: (live.expires_at != i64::MAX).then_some(live.expires_at),
+            restrictions: live.restrictions.clone(),
         })
     }
 }

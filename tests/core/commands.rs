@@ -31,6 +31,8 @@ pub fn issue(user: u64, token: &ApiToken) -> (TokenId, Command) {
             hash: token.hash(),
             hint: token.hint(),
             expires_at: None,
+            scopes: None,
+            allowed_ips: None,
         },
     )
 }
@@ -110,7 +112,7 @@ fn revoking_checks_owner_and_state() {
         matches!(&events[..], [Event::TokenRevoked(r)] if r.token_id == id && r.reason == RevokeReason::Revoked)
     );
     assert_eq!(when(&core, mine), Err(CommandError::AlreadyRevoked));
-    let entry = core.state.tokens.pin().get(&t.hash()).copied();
+    let entry = core.state.tokens.pin().get(&t.hash()).cloned();
     assert_eq!(entry.map(|l| l.expires_at), Some(LiveToken::REVOKED));
 }
 
@@ -131,6 +133,7 @@ fn regenerating_revokes_and_issues_in_one_append() {
             token_id: new_id,
             hash: new.hash(),
             hint: new.hint(),
+            grace: None,
         },
     )
     .unwrap();
@@ -217,6 +220,8 @@ fn regenerating_an_expired_token_counts_against_the_cap() {
                 hash: t.hash(),
                 hint: t.hint(),
                 expires_at: Some(t0 + chrono::Duration::minutes(1)),
+                scopes: None,
+                allowed_ips: None,
             },
             t0,
         )
@@ -237,6 +242,7 @@ fn regenerating_an_expired_token_counts_against_the_cap() {
                 token_id: TokenId::new(),
                 hash: t.hash(),
                 hint: t.hint(),
+                grace: None,
             },
             at,
         )

@@ -2,7 +2,7 @@
 //! and matches its JSON Schema; and what this binary writes matches the schemas too.
 
 use snaptrack_auth::event::upcast::Upcasters;
-use snaptrack_auth::event::{DecodeError, Envelope, TYPES};
+use snaptrack_auth::event::{DecodeError, Envelope, Event, TYPES};
 use std::path::Path;
 
 fn events_dir() -> &'static Path {
@@ -18,21 +18,27 @@ fn schema_for(kind: &str, version: u64) -> jsonschema::Validator {
     jsonschema::validator_for(&read_json(&p)).unwrap()
 }
 
+fn current(kind: &str) -> u32 {
+    Event::current_version(kind).unwrap()
+}
+
 #[test]
-fn every_type_has_a_schema_and_a_fixture() {
+fn every_version_of_every_type_has_a_schema_and_a_fixture() {
     for kind in TYPES {
-        assert!(
-            events_dir()
-                .join(format!("schemas/{kind}.v1.schema.json"))
-                .exists(),
-            "{kind}"
-        );
-        assert!(
-            events_dir()
-                .join(format!("fixtures/{kind}.v1.json"))
-                .exists(),
-            "{kind}"
-        );
+        for v in 1..=current(kind) {
+            assert!(
+                events_dir()
+                    .join(format!("schemas/{kind}.v{v}.schema.json"))
+                    .exists(),
+                "{kind} v{v}"
+            );
+            assert!(
+                events_dir()
+                    .join(format!("fixtures/{kind}.v{v}.json"))
+                    .exists(),
+                "{kind} v{v}"
+            );
+        }
     }
 }
 
@@ -57,7 +63,7 @@ fn every_fixture_decodes_round_trips_and_matches_its_schema() {
             "{} fails its schema",
             path.display()
         );
-        if version == 1 {
+        if version == u64::from(current(kind)) {
             let again: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
             assert_eq!(again, json, "{} does not round-trip", path.display());
         }
@@ -162,7 +168,8 @@ fn old_versions_in_the_binary_log_are_read_into_json_for_the_same_upcasters() {
     assert!(ups.read_binary("token_issued", 1, &[0xff]).is_err());
 }
 
-/// The local log's binary form of every fixture, pinned in `events/fixtures/<type>.v1.bin.hex`.
+/// The local log's binary form of every fixture, pinned in `events/fixtures/<type>.v<N>.bin.hex`
+/// for each type's current version N.
 /// postcard stores no field names and numbers enum variants and types by position, so
 /// reordering `TYPES`, an enum's variants or a payload's fields, or adding a field, would
 /// change how old local logs read without any error. This test fails instead: such a change
@@ -171,10 +178,11 @@ fn old_versions_in_the_binary_log_are_read_into_json_for_the_same_upcasters() {
 #[test]
 fn the_binary_form_of_every_fixture_is_pinned() {
     for kind in TYPES {
-        let json = std::fs::read(events_dir().join(format!("fixtures/{kind}.v1.json"))).unwrap();
+        let v = current(kind);
+        let json = std::fs::read(events_dir().join(format!("fixtures/{kind}.v{v}.json"))).unwrap();
         let env = Envelope::decode(&json, 0).unwrap();
         let bin = env.encode_binary().unwrap();
-        let path = events_dir().join(format!("fixtures/{kind}.v1.bin.hex"));
+        let path = events_dir().join(format!("fixtures/{kind}.v{v}.bin.hex"));
         if std::env::var_os("BLESS_BINARY_FIXTURES").is_some() {
             std::fs::write(&path, format!("{}\n", hex::encode(&bin))).unwrap();
         }
@@ -187,5 +195,44 @@ fn the_binary_form_of_every_fixture_is_pinned() {
         let back = Envelope::decode_binary(&pinned, env.seq, &Upcasters::builtin()).unwrap();
         assert_eq!(back, env, "{kind}");
         assert!(bin.len() < env.to_json().len(), "{kind}: binary is smaller");
+    }
+}
+
+/// The binary forms of versions older than the current one, pinned when they were current,
+/// still read: through the kept struct and the JSON upcasters, into the same event as the
+/// old JSON fixture upcast.
+#[test]
+fn older_binary_forms_still_read_as_their_json_does() {
+    let mut n = 0;
+    for kind in TYPES {
+        for v in 1..current(kind) {
+            let json =
+                std::fs::read(events_dir().join(format!("fixtures/{kind}.v{v}.json"))).unwrap();
+            let from_json = Envelope::decode(&json, 0).unwrap();
+            let hex =
+                std::fs::read_to_string(events_dir().join(format!("fixtures/{kind}.v{v}.bin.hex")))
+                    .unwrap();
+            let bin = hex::decode(hex.trim()).unwrap();
+            let from_bin =
+                Envelope::decode_binary(&bin, from_json.seq, &Upcasters::builtin()).unwrap();
+            assert_eq!(from_bin, from_json, "{kind} v{v}");
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "token_issued v1 at least");
+}
+
+/// A token issued before scopes and allowlists has every scope and works from anywhere.
+#[test]
+fn token_issued_v1_upcasts_to_a_token_without_restrictions() {
+    let json = std::fs::read(events_dir().join("fixtures/token_issued.v1.json")).unwrap();
+    let env = Envelope::decode(&json, 0).unwrap();
+    match env.event {
+        Event::TokenIssued(t) => {
+            assert_eq!(t.scopes, None);
+            assert_eq!(t.allowed_ips, None);
+            assert_eq!(t.name, "ci");
+        }
+        other => panic!("{other:?}"),
     }
 }

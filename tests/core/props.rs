@@ -10,7 +10,7 @@ use snaptrack_auth::domain::{
     ApiToken, Subscription, SubscriptionStatus, Tier, TokenHash, TokenId, UserId,
 };
 use snaptrack_auth::history::snapshot;
-use snaptrack_auth::state::{Denied, State, TierTable};
+use snaptrack_auth::state::{Ask, Denied, State, TierTable};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -101,6 +101,7 @@ impl Run {
                         token_id: new_id,
                         hash: new.hash(),
                         hint: new.hint(),
+                        grace: None,
                     };
                     if self.exec(cmd) {
                         self.revoked.push(t);
@@ -126,7 +127,12 @@ impl Run {
             Op::Use(i, n) => {
                 if let Some((_, t)) = self.tokens.get(i as usize) {
                     for _ in 0..n {
-                        let _ = self.core.state.verify(t.expose(), now.timestamp(), &TIERS);
+                        let _ = self.core.state.verify(
+                            t.expose(),
+                            now.timestamp(),
+                            &TIERS,
+                            Ask::default(),
+                        );
                     }
                 }
             }
@@ -163,7 +169,7 @@ impl Run {
 
 fn never_verifies(state: &State, t: &ApiToken) -> bool {
     matches!(
-        state.verify(t.expose(), Utc::now().timestamp(), &TIERS),
+        state.verify(t.expose(), Utc::now().timestamp(), &TIERS, Ask::default()),
         Err(Denied::Unauthorized(_))
     )
 }
@@ -230,8 +236,8 @@ proptest! {
         }
         for (_, t) in &run.tokens {
             prop_assert_eq!(
-                restored.verify(t.expose(), Utc::now().timestamp(), &TIERS).is_ok(),
-                full.verify(t.expose(), Utc::now().timestamp(), &TIERS).is_ok()
+                restored.verify(t.expose(), Utc::now().timestamp(), &TIERS, Ask::default()).is_ok(),
+                full.verify(t.expose(), Utc::now().timestamp(), &TIERS, Ask::default()).is_ok()
             );
         }
     }
