@@ -16,6 +16,7 @@ mod ops;
 mod pages;
 mod public;
 mod ratelimit;
+mod restrictions;
 mod secrets;
 mod security_log;
 mod tls;
