@@ -557,3 +557,68 @@ async fn check(app: &TestApp, t: &str) {
     let elsewhere = call(app, &app.client, "/auth", t, &[]).await;
     assert_eq!(elsewhere.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn restrictions_and_grace_hold_on_every_node_of_a_cluster() {
+    let config = format!(
+        "scopes = [\"websites:read\", \"websites:write\"]\n{}\n\
+         [tiers.pro]\nrequests = 1000\nwindow_secs = 60\n",
+        crate::nats::CLUSTER_CONFIG
+    );
+    let c = crate::nats::spawn_cluster_with(&config).await;
+    let [a, b, cc] = &c.nodes[..] else {
+        unreachable!()
+    };
+    let uid = a.create_user("ann@example.com", "pro").await;
+    let r = a
+        .post_token(
+            uid,
+            &json!({"name": "ci", "scopes": ["websites:read"], "allowed_ips": ["127.0.0.1"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v = body(r).await;
+    let (old, old_id) = (
+        v["token"].as_str().unwrap().to_owned(),
+        v["token_id"].as_str().unwrap().to_owned(),
+    );
+    // Issued on a, restricted on b and c at once.
+    for node in [b, cc] {
+        let r = call(node, &node.client, "/auth", &old, &[]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-auth-scopes"], "websites:read");
+        let lacks = [("X-Required-Scope", "websites:write")];
+        let r = call(node, &node.client, "/auth", &old, &lacks).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = call(node, &client_from("127.0.0.2"), "/auth", &old, &[]).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    // Regenerated on c with a grace: the old token works on a and b, then stops on each
+    // by itself, with no further command.
+    let r = cc
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/tokens/{old_id}/regenerate"),
+        )
+        .json(&json!({"grace_secs": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let new = body(r).await["token"].as_str().unwrap().to_owned();
+    for node in [a, b] {
+        assert_eq!(node.get_test(&new).await.status(), StatusCode::OK);
+        let r = node.get_test(&old).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers().contains_key("x-token-expires-at"));
+    }
+    for node in [a, b, cc] {
+        until_refused(node, &old, Duration::from_secs(8)).await;
+        assert_eq!(node.get_test(&new).await.status(), StatusCode::OK);
+    }
+    // Nothing was published for the end of the grace: the time decided.
+    let out = a.replay(&["--type", "token_revoked"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains(&old_id), "{text}");
+}
