@@ -142,6 +142,8 @@ pub async fn api_keys_page(req: HttpRequest) -> HttpResponse {
 <div><label for="expires">Expires</label><select id="expires" name="expires">
 <option value="">Never</option><option value="7">In 7 days</option><option value="30">In 30 days</option>
 <option value="90">In 90 days</option><option value="365">In 1 year</option></select></div>
+{scopes}<div class="wide"><label for="allowed-ips">Allowed addresses</label><input id="allowed-ips" name="allowed_ips" placeholder="Anywhere" aria-describedby="allowed-ips-help">
+<small id="allowed-ips-help">Optional: IP addresses or CIDR networks, separated by commas (e.g. 203.0.113.0/24, 2001:db8::1).</small></div>
 <button type="submit" id="generate">Generate API Token</button>
 </form>
 <p id="generate-error" class="error" role="alert"></p>
@@ -149,7 +151,7 @@ pub async fn api_keys_page(req: HttpRequest) -> HttpResponse {
 <section class="card">
 <h2>Your tokens</h2>
 <table>
-<thead><tr><th>Name</th><th>Token</th><th>Created</th><th>Last used</th><th>Expires</th><th>Status</th><th><span class="sr-only">Actions</span></th></tr></thead>
+<thead><tr><th>Name</th><th>Token</th><th>Access</th><th>Created</th><th>Last used</th><th>Expires</th><th>Status</th><th><span class="sr-only">Actions</span></th></tr></thead>
 <tbody id="tokens-body"></tbody>
 </table>
 <p id="list-error" class="error" role="alert"></p>
@@ -160,11 +162,47 @@ pub async fn api_keys_page(req: HttpRequest) -> HttpResponse {
 <p>Requests using <strong id="revoke-name"></strong> will fail immediately. This cannot be undone.</p>
 <div class="buttons"><button type="button" class="secondary" id="revoke-cancel">Cancel</button>
 <button type="button" class="danger" id="revoke-confirm">Revoke Token</button></div>
+</dialog>
+<dialog id="regenerate-dialog" aria-labelledby="regenerate-title">
+<h2 id="regenerate-title">Regenerate this token?</h2>
+<p>A new token replaces <strong id="regenerate-name"></strong>, with the same name, lifetime and access.</p>
+<label for="grace">The old token</label>
+<select id="grace"><option value="0">stops working at once</option><option value="3600">keeps working for 1 hour</option>
+<option value="86400">keeps working for 24 hours</option><option value="604800">keeps working for 7 days</option></select>
+<div class="buttons"><button type="button" class="secondary" id="regenerate-cancel">Cancel</button>
+<button type="button" id="regenerate-confirm">Regenerate</button></div>
 </dialog>"#,
         header = settings_header(user, "/settings/api-keys"),
         tier = tier.as_str(),
+        scopes = scope_choices(&req),
     );
     page("API Keys", &body, "api-keys.js")
+}
+
+/// The catalogue's scopes as checkboxes (none checked: every scope); nothing when the
+/// service has no scopes. Names are letters, digits and `:._-` only, so they need no
+/// escaping; they are escaped anyway.
+fn scope_choices(req: &HttpRequest) -> String {
+    let Some(app) = req.app_data::<actix_web::web::Data<super::AppState>>() else {
+        return String::new();
+    };
+    let names = app.settings.scopes.names();
+    if names.is_empty() {
+        return String::new();
+    }
+    let boxes: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let n = escape(n);
+            format!(
+                r#"<label class="check"><input type="checkbox" name="scope" id="scope-{i}" value="{n}"> {n}</label>"#
+            )
+        })
+        .collect();
+    format!(
+        r#"<fieldset class="wide" id="scopes"><legend>Scopes</legend>{boxes}<small>None checked: the token has every scope.</small></fieldset>"#
+    )
 }
 
 /// `GET /settings/security-log`: the signed-in user's own security events, newest first.

@@ -119,7 +119,10 @@ async fn path(c: &Client) -> String {
 
 #[tokio::test]
 async fn log_in_generate_use_revoke_in_a_real_browser() {
-    let app = spawn_app().await;
+    let app = spawn_app_with_config(
+        "scopes = [\"websites:read\", \"websites:write\", \"reports:read\"]\n",
+    )
+    .await;
     app.create_user("john@example.com", "pro").await;
     let b = browser().await;
     let c = &b.client;
@@ -154,8 +157,11 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     })
     .await;
 
-    // Generate API Token: shown once, with a Copy button and the warning.
+    // Generate API Token, narrowed to one scope and this machine: shown once, with a Copy
+    // button and the warning.
     type_into(c, "#token-name", "laptop").await;
+    click(c, "#scope-2").await;
+    type_into(c, "#allowed-ips", "127.0.0.1, ::1").await;
     click(c, "#generate").await;
     until("the new token", || async {
         text(c, "#new-token").await.starts_with("snpt_")
@@ -171,13 +177,38 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
         text(c, "#tokens-body").await.contains("laptop")
     })
     .await;
+    assert_eq!(
+        text(c, "td.access").await,
+        "reports:read; from 127.0.0.1/32, ::1/128"
+    );
     let png = c.screenshot().await.unwrap();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("api-keys.png"), &png).unwrap();
 
-    // The token works over HTTP.
+    // The token works over HTTP, with its scope, from here, and nowhere else.
     assert_eq!(app.get_test(&token).await.status(), StatusCode::OK);
+    let auth = |client: reqwest::Client, scope: &'static str| {
+        let (url, token) = (app.url.clone(), token.clone());
+        async move {
+            client
+                .get(format!("{url}/auth"))
+                .bearer_auth(token)
+                .header("X-Required-Scope", scope)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        auth(app.client.clone(), "websites:write").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        auth(client_from("127.0.0.2"), "reports:read").await,
+        StatusCode::FORBIDDEN
+    );
 
     // Its usage chart shows the request: per hour over 7 days, per day over 90.
     click(c, "button.usage").await;
@@ -202,6 +233,59 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     })
     .await;
 
+    // Regenerate with a grace period: the new token is shown once, the old one works on and
+    // the list says when it stops.
+    click(c, "button.regenerate").await;
+    until("the regenerate dialog", || async {
+        text(c, "#regenerate-dialog")
+            .await
+            .contains("Regenerate this token?")
+    })
+    .await;
+    c.find(Locator::Css("#grace option[value='3600']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    click(c, "#regenerate-confirm").await;
+    until("the regenerated token", || async {
+        let t = text(c, "#new-token").await;
+        t.starts_with("snpt_") && t != token
+    })
+    .await;
+    let renewed = text(c, "#new-token").await;
+    until("the old token's end in the list", || async {
+        text(c, "#tokens-body").await.contains("stops at")
+    })
+    .await;
+    assert_eq!(app.get_test(&token).await.status(), StatusCode::OK);
+    assert_eq!(app.get_test(&renewed).await.status(), StatusCode::OK);
+    std::fs::write(dir.join("regenerate.png"), c.screenshot().await.unwrap()).unwrap();
+    click(c, "#done").await;
+    // The new token is not needed further: revoke it over HTTP, and the old one in the page
+    // (the only Revoke button left).
+    let cookie = app.session("john@example.com").await;
+    let list = body(app.list_tokens(&cookie).await).await;
+    let new_id = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["replaced_by"].is_null())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.revoke(&cookie, &new_id).await.status(), StatusCode::OK);
+    c.refresh().await.unwrap();
+    until("one token left to revoke", || async {
+        c.find_all(Locator::Css("button.revoke"))
+            .await
+            .map(|b| b.len() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+
     // Revoke Token, confirm in the dialog.
     click(c, "button.revoke").await;
     until("the confirmation", || async {
@@ -212,10 +296,10 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     .await;
     click(c, "#revoke-confirm").await;
     until("the revoked status", || async {
-        text(c, "#tokens-body")
+        c.find_all(Locator::Css("button.revoke"))
             .await
-            .to_lowercase()
-            .contains("revoked")
+            .map(|b| b.is_empty())
+            .unwrap_or(false)
     })
     .await;
     assert_eq!(
@@ -240,7 +324,10 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     click(c, "a[href='/settings/security-log']").await;
     until("the security log", || async {
         let t = text(c, "#events-body").await;
-        t.contains("Token revoked") && t.contains("Token generated") && t.contains("Signed in")
+        t.contains("Token revoked")
+            && t.contains("Token generated")
+            && t.contains("Token regenerated")
+            && t.contains("Signed in")
     })
     .await;
     assert!(text(c, "#events-body").await.contains("Failed sign-in"));

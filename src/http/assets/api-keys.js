@@ -1,4 +1,5 @@
-// Settings → API Keys: list, generate (shown once), revoke (with confirmation), regenerate,
+// Settings → API Keys: list, generate (shown once; with scopes and allowed addresses),
+// revoke (with confirmation), regenerate (with a grace period for the old token),
 // and each token's usage chart (requests per hour over 7 days, per day over 90), drawn here
 // as SVG from GET /dashboard/tokens/{id}/usage.
 // Every value from the server is inserted with textContent, never as HTML.
@@ -28,6 +29,20 @@ function status(t) {
   return "active";
 }
 
+// What the token may do: its scopes and where from.
+function access(t) {
+  const scopes = t.scopes ? t.scopes.join(", ") : "all scopes";
+  const from = t.allowed_ips ? "from " + t.allowed_ips.join(", ") : "from anywhere";
+  return scopes + "; " + from;
+}
+
+// When it stops: "stops at …" for a regenerated token in its grace period.
+function expires(t) {
+  if (!t.expires_at) return "never";
+  if (t.replaced_by && !t.revoked_at) return "stops at " + fmt(t.expires_at);
+  return fmt(t.expires_at);
+}
+
 function cell(text, cls) {
   const td = document.createElement("td");
   td.textContent = text;
@@ -51,7 +66,7 @@ async function refresh() {
   if (tokens.length === 0) {
     const tr = document.createElement("tr");
     const td = cell("No API tokens yet. Generate one above.", "empty");
-    td.colSpan = 7;
+    td.colSpan = 8;
     tr.append(td);
     body.append(tr);
     return;
@@ -69,15 +84,15 @@ async function refresh() {
     actions.className = "actions";
     actions.append(button("Usage", "secondary small usage", () => toggleUsage(t, tr)));
     if (st === "active") {
-      actions.append(
-        button("Regenerate", "secondary small regenerate", () => regenerate(t)),
-        button("Revoke Token", "danger small revoke", () => confirmRevoke(t)),
-      );
+      if (!t.replaced_by) {
+        actions.append(button("Regenerate", "secondary small regenerate", () => confirmRegenerate(t)));
+      }
+      actions.append(button("Revoke Token", "danger small revoke", () => confirmRevoke(t)));
     }
     tr.append(
-      cell(t.name, "name"), cell(t.hint, "hint"), cell(fmt(t.created_at)),
+      cell(t.name, "name"), cell(t.hint, "hint"), cell(access(t), "access"), cell(fmt(t.created_at)),
       cell(t.last_used_at ? fmt(t.last_used_at) + " (" + t.requests + " requests)" : "never"),
-      cell(t.expires_at ? fmt(t.expires_at) : "never"), stCell, actions,
+      cell(expires(t), "expires"), stCell, actions,
     );
     body.append(tr);
   }
@@ -140,7 +155,7 @@ async function toggleUsage(t, tr) {
   const row = document.createElement("tr");
   row.className = "usage-row";
   const td = document.createElement("td");
-  td.colSpan = 7;
+  td.colSpan = 8;
   td.className = "usage";
   row.append(td);
   tr.after(row);
@@ -168,14 +183,27 @@ function showOnce(data) {
   $("once").scrollIntoView({ behavior: "smooth", block: "center" });
 }
 
-async function regenerate(t) {
+let pendingRegenerate = null;
+function confirmRegenerate(t) {
+  pendingRegenerate = t;
+  $("regenerate-name").textContent = t.name + " (" + t.hint + ")";
+  $("grace").value = "0";
+  $("regenerate-dialog").showModal();
+}
+
+$("regenerate-confirm").addEventListener("click", async () => {
+  const t = pendingRegenerate;
+  $("regenerate-dialog").close();
+  if (!t) return;
   try {
-    showOnce(await api("POST", "/dashboard/tokens/" + t.id + "/regenerate"));
+    const grace = Number($("grace").value);
+    showOnce(await api("POST", "/dashboard/tokens/" + t.id + "/regenerate", { grace_secs: grace }));
     await refresh();
   } catch (e) {
     $("list-error").textContent = e.message;
   }
-}
+});
+$("regenerate-cancel").addEventListener("click", () => $("regenerate-dialog").close());
 
 let pendingRevoke = null;
 function confirmRevoke(t) {
@@ -203,6 +231,10 @@ $("generate-form").addEventListener("submit", async (ev) => {
   $("generate-error").textContent = "";
   const body = { name: form.name.value };
   if (form.expires.value) body.expires_in_days = Number(form.expires.value);
+  const scopes = [...form.querySelectorAll("input[name=scope]:checked")].map((c) => c.value);
+  if (scopes.length > 0) body.scopes = scopes;
+  const ips = form.allowed_ips.value.split(/[\s,]+/).filter((s) => s !== "");
+  if (ips.length > 0) body.allowed_ips = ips;
   try {
     showOnce(await api("POST", "/dashboard/tokens", body));
     form.reset();

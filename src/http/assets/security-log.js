@@ -8,6 +8,7 @@ const LABELS = {
   subscription_changed: "Plan changed",
   token_issued: "Token generated",
   token_revoked: "Token revoked",
+  token_rotated: "Token regenerated",
   login_succeeded: "Signed in",
   login_failed: "Failed sign-in",
   session_ended: "Signed out",
@@ -16,7 +17,11 @@ const LABELS = {
 function details(e) {
   switch (e.type) {
     case "token_issued":
-      return e.name + " (" + e.hint + ")" + (e.expires_at ? ", expires " + new Date(e.expires_at).toLocaleString() : "");
+      return e.name + " (" + e.hint + ")" + (e.expires_at ? ", expires " + new Date(e.expires_at).toLocaleString() : "") +
+        (e.scopes ? ", scopes " + e.scopes.join(" ") : "") +
+        (e.allowed_ips ? ", from " + e.allowed_ips.join(", ") : "");
+    case "token_rotated":
+      return "the old token stops at " + new Date(e.expires_at).toLocaleString() + " · " + e.token_id;
     case "token_revoked":
       return (e.reason === "regenerated" ? "replaced by a regenerated token" : "revoked") + " · " + e.token_id;
     case "login_succeeded":
