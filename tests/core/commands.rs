@@ -148,6 +148,62 @@ fn regenerating_revokes_and_issues_in_one_append() {
 }
 
 #[test]
+fn regenerating_with_a_grace_period_ends_the_old_token_by_time_keeping_its_restrictions() {
+    let core = Core::new();
+    let old = ApiToken::generate();
+    let (id, mut cmd) = issue(1, &old);
+    if let Command::IssueToken {
+        scopes,
+        allowed_ips,
+        ..
+    } = &mut cmd
+    {
+        *scopes = Some(vec!["reports:read".into()]);
+        *allowed_ips = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+    }
+    given(&core, vec![register("a@example.com", Tier::Pro), cmd]);
+    let new = ApiToken::generate();
+    let new_id = TokenId::new();
+    let regenerate = |grace: i64| Command::RegenerateToken {
+        old: id,
+        owner: Some(UserId(1)),
+        token_id: new_id,
+        hash: new.hash(),
+        hint: new.hint(),
+        grace: Some(chrono::Duration::seconds(grace)),
+    };
+    let now = Utc::now();
+    let events = when(&core, regenerate(600)).unwrap();
+    let [Event::TokenRotated(r), Event::TokenIssued(i)] = &events[..] else {
+        panic!("{events:?}")
+    };
+    assert_eq!((r.token_id, r.replaced_by), (id, new_id));
+    let stops = r.expires_at.timestamp();
+    assert!((now.timestamp() + 599..=now.timestamp() + 601).contains(&stops));
+    assert_eq!(i.scopes, Some(vec!["reports:read".to_string()]));
+    assert_eq!(i.allowed_ips, Some(vec!["10.0.0.0/8".to_string()]));
+    // The old token works until it stops, then not; the new one on.
+    let tiers =
+        snaptrack_auth::state::TierTable([None, Some((9, 60)), Some((9, 60)), Some((9, 60))]);
+    let from = snaptrack_auth::state::Ask {
+        scope: None,
+        ip: Some("10.1.2.3".parse().unwrap()),
+    };
+    let ok = |t: &ApiToken, at: i64| core.state.verify(t.expose(), at, &tiers, from).is_ok();
+    assert!(ok(&old, stops - 1));
+    assert!(!ok(&old, stops));
+    assert!(ok(&new, stops + 10));
+    let rec = core.state.token(id).unwrap();
+    assert_eq!(rec.replaced_by, Some(new_id));
+    assert_eq!(rec.expires_at.map(|e| e.timestamp()), Some(stops));
+    // Once replaced, not again (revoking it is how to end the grace early).
+    assert_eq!(
+        when(&core, regenerate(60)),
+        Err(CommandError::AlreadyRotated)
+    );
+}
+
+#[test]
 fn changing_the_plan_of_an_unknown_user_is_refused() {
     let core = Core::new();
     let cmd = Command::ChangeSubscription {

@@ -18,6 +18,10 @@ enum Op {
     Issue(u8),
     Revoke(u8, Option<u8>),
     Regenerate(u8),
+    /// Issue a token with scopes and an allowlist.
+    IssueRestricted(u8),
+    /// Regenerate with a grace period of this many seconds.
+    Rotate(u8, u32),
     ChangePlan(u8, u8, bool),
     Use(u8, u8),
     Flush,
@@ -33,6 +37,8 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..6).prop_map(Op::Issue),
         (0u8..12, proptest::option::of(0u8..6)).prop_map(|(t, o)| Op::Revoke(t, o)),
         (0u8..12).prop_map(Op::Regenerate),
+        (0u8..6).prop_map(Op::IssueRestricted),
+        (0u8..12, prop_oneof![Just(1u32), Just(3600u32)]).prop_map(|(t, g)| Op::Rotate(t, g)),
         (0u8..6, 0u8..4, any::<bool>()).prop_map(|(u, t, a)| Op::ChangePlan(u, t, a)),
         (0u8..12, 1u8..5).prop_map(|(t, n)| Op::Use(t, n)),
         Just(Op::Flush),
@@ -105,6 +111,39 @@ impl Run {
                     };
                     if self.exec(cmd) {
                         self.revoked.push(t);
+                        self.tokens.push((new_id, new));
+                    }
+                }
+            }
+            Op::IssueRestricted(u) => {
+                let t = ApiToken::generate();
+                let (id, mut cmd) = issue(u64::from(u) + 1, &t);
+                if let Command::IssueToken {
+                    scopes,
+                    allowed_ips,
+                    ..
+                } = &mut cmd
+                {
+                    *scopes = Some(vec!["websites:read".into(), "reports:read".into()]);
+                    *allowed_ips = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+                }
+                if self.exec(cmd) {
+                    self.tokens.push((id, t));
+                }
+            }
+            Op::Rotate(i, grace) => {
+                if let Some((id, _)) = self.tokens.get(i as usize).cloned() {
+                    let new = ApiToken::generate();
+                    let new_id = TokenId::new();
+                    let cmd = Command::RegenerateToken {
+                        old: id,
+                        owner: None,
+                        token_id: new_id,
+                        hash: new.hash(),
+                        hint: new.hint(),
+                        grace: Some(chrono::Duration::seconds(i64::from(grace))),
+                    };
+                    if self.exec(cmd) {
                         self.tokens.push((new_id, new));
                     }
                 }
