@@ -112,9 +112,13 @@ pub fn run(data: &Path, f: &Filter, out: &mut dyn Write) -> Result<(), ReplayErr
             if f.user.is_some_and(|u| u != t.user_id.0) {
                 continue;
             }
+            let r = t.restrictions.as_deref();
             let line = json!({
                 "token_id": t.id, "user_id": t.user_id, "name": t.name, "hint": t.hint,
                 "created_at": t.created_at, "expires_at": t.expires_at,
+                "scopes": r.and_then(|r| r.scope_names()),
+                "allowed_ips": r.and_then(|r| r.ip_strings()),
+                "replaced_by": t.replaced_by,
             });
             w(out, line.to_string().as_bytes())?;
         }

@@ -14,7 +14,7 @@ pub const MAX_ALLOWED_IPS: usize = 32;
 /// The scope names the service knows (`scopes` in `config.toml`). Empty: the service has no
 /// scopes, and a token may carry none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScopeCatalogue(Vec<String>);
+pub struct ScopeCatalogue(Vec<String>, String);
 
 impl ScopeCatalogue {
     /// A catalogue from configured names: each 1 to 64 characters of letters, digits and
@@ -35,7 +35,14 @@ impl ScopeCatalogue {
             }
             out.push(n.clone());
         }
-        Ok(ScopeCatalogue(out))
+        let joined = out.join(" ");
+        Ok(ScopeCatalogue(out, joined))
+    }
+
+    /// Every scope, space-separated: `X-Auth-Scopes` of a token with every scope (made once,
+    /// not per request).
+    pub fn joined(&self) -> &str {
+        &self.1
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -138,6 +145,9 @@ pub struct Restrictions {
     /// `None`: from anywhere. `Some` of an empty list (only from a damaged event): from
     /// nowhere, so a list that cannot be read fails closed.
     pub allowed_ips: Option<Box<[IpNet]>>,
+    /// The scopes space-separated, as `X-Auth-Scopes` says them (made once, not per
+    /// request); `None` with every scope.
+    pub scopes_joined: Option<Box<str>>,
 }
 
 impl Restrictions {
@@ -151,6 +161,7 @@ impl Restrictions {
             return None;
         }
         Some(Restrictions {
+            scopes_joined: scopes.map(|s| s.join(" ").into()),
             scopes: scopes.map(|s| s.iter().map(|n| n.as_str().into()).collect()),
             allowed_ips: allowed_ips
                 .map(|l| l.iter().filter_map(|s| parse_allowed_ip(s).ok()).collect()),

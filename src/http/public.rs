@@ -63,9 +63,19 @@ pub async fn test(caller: Caller) -> HttpResponse {
 /// scopes (a token without restrictions has every scope of the catalogue).
 pub async fn forward_auth(caller: Caller, app: web::Data<AppState>) -> HttpResponse {
     let v = &caller.0;
-    let scopes = match v.restrictions.as_deref().and_then(|r| r.scopes.as_deref()) {
-        Some(s) => s.join(" "),
-        None => app.settings.scopes.names().join(" "),
+    let scopes: &str = match v
+        .restrictions
+        .as_deref()
+        .and_then(|r| r.scopes_joined.as_deref())
+    {
+        Some(s) => s,
+        None => app.settings.scopes.joined(),
+    };
+    use actix_web::http::header::HeaderValue;
+    let scopes = if scopes.is_empty() {
+        HeaderValue::from_static("")
+    } else {
+        HeaderValue::from_str(scopes).unwrap_or_else(|_| HeaderValue::from_static(""))
     };
     ok_with_rate(&caller)
         .insert_header(("x-auth-user-id", v.user.id.to_string()))

@@ -510,6 +510,20 @@ async fn regenerate_with_a_grace_period_keeps_the_old_token_until_it_ends() {
     for t in [&old, &new] {
         assert!(!text.contains(t.as_str()));
     }
+    // `replay --at` a moment inside the grace: both tokens valid, the old one with its end
+    // and its successor, both with their restrictions.
+    let inside = rotated["occurred_at"].as_str().unwrap();
+    let out = app.replay(&["--at", inside]);
+    let valid: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |id: &str| valid.iter().find(|t| t["token_id"] == id).cloned();
+    let was = at(&old_id).expect("the old token was valid in its grace");
+    assert_eq!(was["replaced_by"], new_id.as_str());
+    assert_eq!(was["scopes"], json!(["reports:read"]));
+    assert_eq!(at(&new_id).unwrap()["allowed_ips"], json!(["127.0.0.0/8"]));
 }
 
 #[tokio::test]
