@@ -74,22 +74,37 @@ fn required_scope<'a>(
     buf: &'a mut Option<String>,
 ) -> Result<Option<RequiredScope<'a>>, ApiError> {
     let bad = || ApiError::new(Code::BadRequest).message("The required scope is not a scope name");
-    let name: &str = match req.headers().get("x-required-scope") {
-        Some(v) => v.to_str().map_err(|_| bad())?.trim(),
-        None => {
-            let q = req.query_string();
-            if q.is_empty() {
-                return Ok(None);
+    // Every value given counts: a client must not be able to override the scope a proxy
+    // requires by adding a header of its own (or a query parameter), so values that differ
+    // are refused rather than one of them picked.
+    let mut name: Option<&'a str> = None;
+    let mut conflict = false;
+    for v in req.headers().get_all("x-required-scope") {
+        let v = v.to_str().map_err(|_| bad())?.trim();
+        conflict |= name.is_some_and(|n| n != v);
+        name = Some(v);
+    }
+    let q = req.query_string();
+    if !q.is_empty() {
+        let mut from_query: Option<String> = None;
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            if k == "scope" {
+                conflict |= from_query.as_deref().is_some_and(|n| n != v);
+                from_query = Some(v.into_owned());
             }
-            let Some(v) = form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "scope")
-                .map(|(_, v)| v.into_owned())
-            else {
-                return Ok(None);
-            };
-            buf.insert(v).as_str()
         }
-    };
+        if let Some(v) = from_query {
+            conflict |= name.is_some_and(|n| n != v);
+            if name.is_none() {
+                name = Some(buf.insert(v).as_str());
+            }
+        }
+    }
+    if conflict {
+        return Err(ApiError::new(Code::BadRequest)
+            .message("Conflicting required scopes: give one X-Required-Scope or ?scope="));
+    }
+    let Some(name) = name else { return Ok(None) };
     if !crate::domain::restrictions::is_scope_name(name) {
         return Err(bad());
     }

@@ -160,6 +160,44 @@ async fn scopes_come_from_the_catalogue_and_callers_require_them() {
     .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(body(r).await["required_scope"], "websites:wirte");
+    // A client cannot override the scope its proxy requires: values that differ are refused,
+    // the same value twice is one requirement.
+    let r = call(
+        &app,
+        c,
+        "/auth?scope=websites:write",
+        &narrow,
+        &[("X-Required-Scope", "websites:read")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = call(
+        &app,
+        c,
+        "/auth?scope=websites:write&scope=websites:read",
+        &narrow,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = c
+        .get(format!("{}/auth", app.url))
+        .bearer_auth(&narrow)
+        .header("X-Required-Scope", "websites:read")
+        .header("X-Required-Scope", "websites:write")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = call(
+        &app,
+        c,
+        "/auth?scope=websites:read",
+        &narrow,
+        &[("X-Required-Scope", "websites:read")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
     let r = call(&app, c, "/auth", &full, &[("X-Required-Scope", "a b")]).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(body(r).await["success"], false);
