@@ -36,6 +36,8 @@ pub struct Opts {
     pub files: Vec<(String, String)>,
     /// The HTTP client to use (e.g. one that trusts a test certificate).
     pub client: Option<Client>,
+    /// A data directory to start on (copied, so the fixture stays as it is).
+    pub data_from: Option<PathBuf>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -55,6 +57,9 @@ pub async fn spawn_app_with(opts: Opts) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     for (name, contents) in &opts.files {
         std::fs::write(dir.path().join(name), contents).unwrap();
+    }
+    if let Some(from) = &opts.data_from {
+        copy_dir(from, &dir.path().join("data"));
     }
     let admin_token = if opts.no_admin {
         String::new()
@@ -78,6 +83,19 @@ pub async fn spawn_app_with(opts: Opts) -> TestApp {
     };
     app.start(&[]).await;
     app
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// Reads lines of a child's stream into `sink`; sends the listening URL once seen.
@@ -372,6 +390,31 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Regenerate with a body (`{"grace_secs": N}`).
+    pub async fn regenerate_with(&self, cookie: &str, id: &str, body: &Value) -> Response {
+        self.dash(
+            reqwest::Method::POST,
+            &format!("/dashboard/tokens/{id}/regenerate"),
+            cookie,
+        )
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// The operator's regenerate of any user's token.
+    pub async fn regenerate_admin(&self, id: &str, body: &Value) -> Response {
+        self.admin(
+            reqwest::Method::POST,
+            &format!("/admin/tokens/{id}/regenerate"),
+        )
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         self.client
             .get(format!("{}{path}", self.url))
@@ -412,6 +455,36 @@ impl Drop for TestApp {
 }
 
 /// Every well-formed API token (prefix, length, alphabet and checksum) in `text`.
+/// The `events=N` of the last "log replayed" line: events applied after the snapshot.
+pub fn replayed_events(app: &TestApp) -> u64 {
+    let out = app.output();
+    let line = out
+        .iter()
+        .rev()
+        .find(|l| l.contains("log replayed"))
+        .expect("a log replayed line");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("events=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no events= in {line}"))
+}
+
+/// Polls until `token` gets 401 on `app`, within `within`; returns how long it took.
+pub async fn until_refused(app: &TestApp, token: &str, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let s = app.get_test(token).await.status();
+        if s == StatusCode::UNAUTHORIZED {
+            return started.elapsed();
+        }
+        assert_eq!(s, StatusCode::OK);
+        assert!(
+            started.elapsed() < within,
+            "still accepted after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn tokens_in(text: &str) -> Vec<&str> {
     use snaptrack_auth::domain::token::{ApiToken, PREFIX, TOKEN_LEN};
     text.match_indices(PREFIX)

@@ -5,19 +5,6 @@ use crate::helpers::*;
 use reqwest::StatusCode;
 use std::time::Duration;
 
-/// The `events=N` of the last "log replayed" line: events applied after the snapshot.
-fn replayed_events(app: &TestApp) -> u64 {
-    let out = app.output();
-    let line = out
-        .iter()
-        .rev()
-        .find(|l| l.contains("log replayed"))
-        .expect("a log replayed line");
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("events=")?.parse().ok())
-        .unwrap_or_else(|| panic!("no events= in {line}"))
-}
-
 /// Waits until two more rounds of the usage checkpoint were saved: everything admitted
 /// before the call is then on disk.
 async fn checkpointed(app: &TestApp) {
@@ -462,4 +449,47 @@ async fn a_fresh_cluster_node_starts_from_the_shared_snapshot_and_refuses_an_unt
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     check(&c).await;
+}
+
+/// A data directory the binary before token restrictions left at a clean stop: its snapshot
+/// is format 1 (see `tests/fixtures/format1/tokens.json`).
+#[tokio::test]
+async fn a_data_directory_from_before_token_restrictions_restarts_from_its_snapshot() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1");
+    let about: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("tokens.json")).unwrap()).unwrap();
+    let mut app = spawn_app_with(Opts {
+        data_from: Some(fixture.join("data")),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        replayed_events(&app),
+        0,
+        "restored from the format-1 snapshot"
+    );
+    assert!(!app.output().iter().any(|l| l.contains("snapshot unusable")));
+    let (live, revoked) = (&about["live"], &about["revoked"]);
+    let r = app
+        .login(
+            about["user"]["email"].as_str().unwrap(),
+            about["user"]["password"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let cookie = session_cookie(&r).unwrap();
+    let v = body(app.list_tokens(&cookie).await).await;
+    let tokens = v["tokens"].as_array().unwrap();
+    let listed = tokens.iter().find(|t| t["id"] == live["token_id"]).unwrap();
+    assert_eq!(listed["requests"], live["requests"]);
+    assert!(listed["scopes"].is_null() && listed["allowed_ips"].is_null());
+    let r = app.get_test(live["token"].as_str().unwrap()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app.get_test(revoked["token"].as_str().unwrap()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The next stop writes today's format, which the next start restores.
+    app.restart().await;
+    assert_eq!(replayed_events(&app), 0);
+    let r = app.get_test(live["token"].as_str().unwrap()).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -2,10 +2,12 @@
 //! grace period; each rule and each error, the order of the checks, and that a refused call
 //! never counts.
 
-use crate::helpers::{body, client_from, spawn_app_with_config, TestApp};
+use crate::helpers::{
+    body, client_from, replayed_events, spawn_app_with_config, until_refused, TestApp,
+};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CONFIG: &str = r#"
 scopes = ["websites:read", "websites:write", "reports:read"]
@@ -63,18 +65,6 @@ async fn listed(app: &TestApp, cookie: &str, id: &str) -> Value {
         .find(|t| t["id"] == id)
         .cloned()
         .unwrap_or_else(|| panic!("{id} not listed: {v}"))
-}
-
-async fn regenerate_with(app: &TestApp, cookie: &str, id: &str, b: &Value) -> Response {
-    app.dash(
-        reqwest::Method::POST,
-        &format!("/dashboard/tokens/{id}/regenerate"),
-        cookie,
-    )
-    .json(b)
-    .send()
-    .await
-    .unwrap()
 }
 
 fn remaining(r: &Response) -> i64 {
@@ -199,6 +189,16 @@ async fn scopes_come_from_the_catalogue_and_callers_require_them() {
     .await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = call(&app, c, "/auth", &full, &[("X-Required-Scope", "a b")]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Malformed before the token is looked at: a 400 even with no valid token.
+    let r = call(
+        &app,
+        c,
+        "/auth",
+        "snpt_nope",
+        &[("X-Required-Scope", "a b")],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(body(r).await["success"], false);
 
@@ -389,23 +389,6 @@ async fn allowlists_take_ipv4_ipv6_and_networks_and_see_the_client_behind_a_trus
     );
 }
 
-/// Polls until `token` gets 401 on `app`, within `within`; returns how long it took.
-pub async fn until_refused(app: &TestApp, token: &str, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let s = app.get_test(token).await.status();
-        if s == StatusCode::UNAUTHORIZED {
-            return started.elapsed();
-        }
-        assert_eq!(s, StatusCode::OK);
-        assert!(
-            started.elapsed() < within,
-            "still accepted after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn regenerate_with_a_grace_period_keeps_the_old_token_until_it_ends() {
     let mut app = spawn_app_with_config(CONFIG).await;
@@ -424,7 +407,7 @@ async fn regenerate_with_a_grace_period_keeps_the_old_token_until_it_ends() {
         json!({"grace_secs": "an hour"}),
         json!({"grace": 60}),
     ] {
-        let r = regenerate_with(&app, &cookie, &old_id, &bad).await;
+        let r = app.regenerate_with(&cookie, &old_id, &bad).await;
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     }
     let r = app
@@ -448,7 +431,9 @@ async fn regenerate_with_a_grace_period_keeps_the_old_token_until_it_ends() {
     assert_eq!(app.get_test(&old).await.status(), StatusCode::OK);
 
     let grace = 3;
-    let r = regenerate_with(&app, &cookie, &old_id, &json!({"grace_secs": grace})).await;
+    let r = app
+        .regenerate_with(&cookie, &old_id, &json!({"grace_secs": grace}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let v = body(r).await;
     let new = v["token"].as_str().unwrap().to_owned();
@@ -480,7 +465,9 @@ async fn regenerate_with_a_grace_period_keeps_the_old_token_until_it_ends() {
         .timestamp();
     assert_eq!(expires_at, stops);
     // It can be replaced only once.
-    let r = regenerate_with(&app, &cookie, &old_id, &json!({"grace_secs": 60})).await;
+    let r = app
+        .regenerate_with(&cookie, &old_id, &json!({"grace_secs": 60}))
+        .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
 
     // Across a restart, the grace still ends when it said.
@@ -492,7 +479,9 @@ async fn regenerate_with_a_grace_period_keeps_the_old_token_until_it_ends() {
     assert_eq!(app.get_test(&new).await.status(), StatusCode::OK);
 
     // A token in its grace can still be revoked at once.
-    let r = regenerate_with(&app, &cookie, &new_id, &json!({"grace_secs": 3600})).await;
+    let r = app
+        .regenerate_with(&cookie, &new_id, &json!({"grace_secs": 3600}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(app.get_test(&new).await.status(), StatusCode::OK);
     assert_eq!(app.revoke(&cookie, &new_id).await.status(), StatusCode::OK);
@@ -505,20 +494,14 @@ async fn regenerate_with_a_grace_period_keeps_the_old_token_until_it_ends() {
         StatusCode::CREATED
     );
     assert_eq!(app.get_test(&t).await.status(), StatusCode::UNAUTHORIZED);
-    let r = regenerate_with(&app, &cookie, &id, &json!({"grace_secs": 0})).await;
+    let r = app
+        .regenerate_with(&cookie, &id, &json!({"grace_secs": 0}))
+        .await;
     assert_eq!(r.status(), StatusCode::CONFLICT, "already revoked");
 
     // The admin API regenerates any user's token the same way.
     let (t, id) = generate(&app, &cookie, json!({})).await;
-    let r = app
-        .admin(
-            reqwest::Method::POST,
-            &format!("/admin/tokens/{id}/regenerate"),
-        )
-        .json(&json!({"grace_secs": 600}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.regenerate_admin(&id, &json!({"grace_secs": 600})).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert!(app
         .get_test(&t)
@@ -577,11 +560,13 @@ async fn restrictions_survive_a_restart_from_the_snapshot_and_from_a_full_replay
     check(&app, &t).await;
     // A clean stop writes a snapshot, which the start restores.
     app.restart().await;
+    assert_eq!(replayed_events(&app), 0, "restored from the snapshot");
     check(&app, &t).await;
     // Without snapshots, the log alone.
     app.stop().await;
     std::fs::remove_dir_all(app.data_dir().join("snapshots")).ok();
     app.start(&[]).await;
+    assert!(replayed_events(&app) > 0, "replayed from the log");
     check(&app, &t).await;
 }
 
@@ -648,14 +633,8 @@ async fn restrictions_and_grace_hold_on_every_node_of_a_cluster() {
     // Regenerated on c with a grace: the old token works on a and b, then stops on each
     // by itself, with no further command.
     let r = cc
-        .admin(
-            reqwest::Method::POST,
-            &format!("/admin/tokens/{old_id}/regenerate"),
-        )
-        .json(&json!({"grace_secs": 2}))
-        .send()
-        .await
-        .unwrap();
+        .regenerate_admin(&old_id, &json!({"grace_secs": 2}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let new = body(r).await["token"].as_str().unwrap().to_owned();
     for node in [a, b] {

@@ -99,16 +99,7 @@ impl Run {
             }
             Op::Regenerate(i) => {
                 if let Some((id, t)) = self.tokens.get(i as usize).cloned() {
-                    let new = ApiToken::generate();
-                    let new_id = TokenId::new();
-                    let cmd = Command::RegenerateToken {
-                        old: id,
-                        owner: None,
-                        token_id: new_id,
-                        hash: new.hash(),
-                        hint: new.hint(),
-                        grace: None,
-                    };
+                    let (new_id, new, cmd) = regenerate(id, None);
                     if self.exec(cmd) {
                         self.revoked.push(t);
                         self.tokens.push((new_id, new));
@@ -133,16 +124,8 @@ impl Run {
             }
             Op::Rotate(i, grace) => {
                 if let Some((id, _)) = self.tokens.get(i as usize).cloned() {
-                    let new = ApiToken::generate();
-                    let new_id = TokenId::new();
-                    let cmd = Command::RegenerateToken {
-                        old: id,
-                        owner: None,
-                        token_id: new_id,
-                        hash: new.hash(),
-                        hint: new.hint(),
-                        grace: Some(chrono::Duration::seconds(i64::from(grace))),
-                    };
+                    let grace = Some(chrono::Duration::seconds(i64::from(grace)));
+                    let (new_id, new, cmd) = regenerate(id, grace);
                     if self.exec(cmd) {
                         self.tokens.push((new_id, new));
                     }
@@ -204,6 +187,21 @@ impl Run {
             }
         }
     }
+}
+
+/// A regenerate of `old` by an operator: the new token's id, the token, and the command.
+fn regenerate(old: TokenId, grace: Option<chrono::Duration>) -> (TokenId, ApiToken, Command) {
+    let new = ApiToken::generate();
+    let new_id = TokenId::new();
+    let cmd = Command::RegenerateToken {
+        old,
+        owner: None,
+        token_id: new_id,
+        hash: new.hash(),
+        hint: new.hint(),
+        grace,
+    };
+    (new_id, new, cmd)
 }
 
 fn never_verifies(state: &State, t: &ApiToken) -> bool {

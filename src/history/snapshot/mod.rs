@@ -16,18 +16,21 @@
 //! lost or replaced, and the node refuses to start rather than serve a state the log cannot
 //! back.
 
+mod format1;
+
 use crate::state::Image;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 const MAGIC: &[u8; 8] = b"SNAPTRKS";
-/// The format this binary writes and reads.
+/// The format this binary writes.
 ///
-/// 2: token records carry scopes, allowlists and the token that replaced them. A format-1
-/// snapshot is passed over with a warning like any unreadable one: the start replays the
-/// log in full once, and the next snapshot is format 2.
+/// 2: token records carry scopes, allowlists and the token that replaced them.
 pub const FORMAT: u32 = 2;
+/// The older formats it still reads ([`format1`]), so that a node seeded from a snapshot
+/// restarts on a new binary. Any other format is passed over with a warning.
+pub const READS: &[u32] = &[1, FORMAT];
 const HEADER: usize = 8 + 4 + 8 + 8 + 8 + 4;
 
 /// Why start-up cannot use the snapshots.
@@ -48,7 +51,7 @@ pub enum SnapshotError {
 pub enum Unreadable {
     #[error("not a snapshot (bad magic)")]
     Magic,
-    #[error("format {0}, this binary reads format {FORMAT}")]
+    #[error("format {0}, this binary reads formats {READS:?}")]
     Format(u32),
     #[error("truncated: {found} bytes of {expected}")]
     Truncated { expected: u64, found: u64 },
@@ -125,7 +128,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Image, i64), Unreadable> {
         return Err(Unreadable::Magic);
     }
     let format = u32_at(bytes, 8);
-    if format != FORMAT {
+    if !READS.contains(&format) {
         return Err(Unreadable::Format(format));
     }
     if bytes.len() < HEADER {
@@ -148,7 +151,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Image, i64), Unreadable> {
     if crc32fast::hash(body) != crc {
         return Err(Unreadable::Checksum);
     }
-    let image: Image = postcard::from_bytes(body).map_err(|e| Unreadable::Decode(e.to_string()))?;
+    let image: Image = match format {
+        1 => format1::decode(body),
+        _ => postcard::from_bytes(body),
+    }
+    .map_err(|e| Unreadable::Decode(e.to_string()))?;
     if image.applied_seq != seq {
         return Err(Unreadable::Decode(format!(
             "header says seq {seq}, image seq {}",
@@ -291,9 +298,9 @@ mod tests {
         let mut future = bytes.clone();
         future[8..12].copy_from_slice(&(FORMAT + 1).to_le_bytes());
         assert_eq!(decode(&future).unwrap_err(), Unreadable::Format(FORMAT + 1));
-        let mut older = bytes.clone();
-        older[8..12].copy_from_slice(&(FORMAT - 1).to_le_bytes());
-        assert_eq!(decode(&older).unwrap_err(), Unreadable::Format(FORMAT - 1));
+        let mut never = bytes.clone();
+        never[8..12].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode(&never).unwrap_err(), Unreadable::Format(0));
         assert_eq!(decode(b"junk").unwrap_err(), Unreadable::Magic);
     }
 
