@@ -188,15 +188,25 @@ enum Step {
     /// another node a moment ago. Catch up with the stream and look again.
     CatchUp(Arc<crate::cluster::Cluster>),
     /// Cluster mode, this node used its share of the caller's limit: sync usage with the
-    /// other nodes (a flush) and look again.
-    Sync(actix::Addr<crate::actors::Writer>),
+    /// other nodes (a flush) and look again. Carries the window (its reset) the sync was for.
+    Sync(actix::Addr<crate::actors::Writer>, i64),
 }
 
-/// What a request has already waited for: each at most once.
+/// What a request has already waited for: a catch-up at most once, a sync once per window
+/// and at most twice (a one-second window may roll over while its claim is on the stream;
+/// the new window's first sync must not be refused as if the old one were still used up).
 #[derive(Clone, Copy, Default)]
 struct Tried {
     catch_up: bool,
-    sync: bool,
+    syncs: u8,
+    /// The reset of the window the last sync was for.
+    synced_for: Option<i64>,
+}
+
+impl Tried {
+    fn may_sync(&self, reset: i64) -> bool {
+        self.syncs < 2 && self.synced_for != Some(reset)
+    }
 }
 
 impl Caller {
@@ -238,8 +248,10 @@ impl Caller {
             (Err(Denied::Unauthorized("unknown")), Some(c)) if !tried.catch_up => {
                 return Step::CatchUp(c.clone());
             }
-            (Err(Denied::RateLimited(info)), Some(_)) if info.share_used && !tried.sync => {
-                return Step::Sync(app.writer.clone());
+            (Err(Denied::RateLimited(info)), Some(_))
+                if info.share_used && tried.may_sync(info.reset) =>
+            {
+                return Step::Sync(app.writer.clone(), info.reset);
             }
             (outcome, _) => outcome,
         };
@@ -293,7 +305,7 @@ impl FromRequest for Caller {
                         }
                         tried.catch_up = true;
                     }
-                    Step::Sync(writer) => {
+                    Step::Sync(writer, reset) => {
                         match writer
                             .send(crate::actors::FlushUsage { periods: false })
                             .await
@@ -304,7 +316,8 @@ impl FromRequest for Caller {
                                 tracing::warn!(error = %e, "writer unavailable for usage sync")
                             }
                         }
-                        tried.sync = true;
+                        tried.syncs += 1;
+                        tried.synced_for = Some(reset);
                     }
                 }
                 step = Caller::check(&req, tried);
