@@ -33,7 +33,7 @@ fn user_event() -> Event {
         user_id: UserId(1),
         email: "bench@example.com".into(),
         name: "Bench".into(),
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        credential_id: "c0ffee".into(),
         tier: Tier::Business,
     })
 }

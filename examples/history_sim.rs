@@ -115,7 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Command::RegisterUser {
                 email: Email::parse(&format!("user{u}@example.com"))?,
                 name: UserName::parse("Sim User")?,
-                password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                credential_id: "c0ffee".into(),
                 tier: Tier::Business,
             },
             at,

@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Command::RegisterUser {
                 email: Email::parse(&format!("user{u}@example.com"))?,
                 name: UserName::parse("Seed User")?,
-                password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                credential_id: "c0ffee".into(),
                 tier: Tier::Business,
             },
             now,

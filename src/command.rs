@@ -4,8 +4,8 @@
 
 use crate::domain::{Email, Subscription, Tier, TokenHash, TokenId, TokenName, UserId, UserName};
 use crate::event::{
-    Event, LoginFailed, LoginSucceeded, RevokeReason, SessionEnded, SubscriptionChanged,
-    TokenIssued, TokenRevoked, TokenRotated, UsageRecorded, UserRegistered,
+    Event, LoginFailed, LoginSucceeded, PasswordChanged, RevokeReason, SessionEnded,
+    SubscriptionChanged, TokenIssued, TokenRevoked, TokenRotated, UsageRecorded, UserRegistered,
 };
 use crate::state::State;
 use chrono::{DateTime, Utc};
@@ -16,10 +16,22 @@ pub enum Command {
     RegisterUser {
         email: Email,
         name: UserName,
-        /// argon2id PHC string, computed before the command reaches the writer (hashing is
-        /// slow and must not hold up the single writer).
-        password_hash: String,
+        /// The id the password's argon2id hash was stored under in the credential store,
+        /// before the command reaches the writer (hashing is slow and must not hold up the
+        /// single writer; the hash itself never enters an event).
+        credential_id: String,
         tier: Tier,
+    },
+    /// A user's password changed (the new hash already stored under `credential_id`); every
+    /// session of the user but `keep` ends with it.
+    ChangePassword {
+        user_id: UserId,
+        credential_id: String,
+        keep: Option<TokenHash>,
+    },
+    /// Log out everywhere: every session of the user ends.
+    EndAllSessions {
+        user_id: UserId,
     },
     ChangeSubscription {
         user_id: UserId,
@@ -96,7 +108,7 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
         Command::RegisterUser {
             email,
             name,
-            password_hash,
+            credential_id,
             tier,
         } => {
             if state.email_taken(email.as_str()) {
@@ -106,9 +118,46 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
                 user_id: state.next_user_id(),
                 email: email.as_str().to_owned(),
                 name: name.as_str().to_owned(),
-                password_hash,
                 tier,
+                credential_id,
             })])
+        }
+        Command::ChangePassword {
+            user_id,
+            credential_id,
+            keep,
+        } => {
+            state.user(user_id).ok_or(CommandError::UserNotFound)?;
+            let mut events = vec![Event::PasswordChanged(PasswordChanged {
+                user_id,
+                credential_id,
+            })];
+            events.extend(
+                state
+                    .sessions_of(user_id, now)
+                    .into_iter()
+                    .filter(|s| Some(*s) != keep)
+                    .map(|session_sha256| {
+                        Event::SessionEnded(SessionEnded {
+                            user_id,
+                            session_sha256,
+                        })
+                    }),
+            );
+            Ok(events)
+        }
+        Command::EndAllSessions { user_id } => {
+            state.user(user_id).ok_or(CommandError::UserNotFound)?;
+            Ok(state
+                .sessions_of(user_id, now)
+                .into_iter()
+                .map(|session_sha256| {
+                    Event::SessionEnded(SessionEnded {
+                        user_id,
+                        session_sha256,
+                    })
+                })
+                .collect())
         }
         Command::ChangeSubscription {
             user_id,

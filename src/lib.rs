@@ -20,6 +20,8 @@
 //! - [`cluster`]: what a node knows of the cluster: applied sequences, live peers,
 //!   freshness, the coalesced catch-up; the revocation barrier; shared snapshots.
 //! - [`http`]: routes, the Bearer check, the error table, the dashboard and admin APIs.
+//! - [`credentials`]: password hashes by credential id, beside the log and never in it
+//!   (events name a credential; cluster mode shares them through a nodes-only KV bucket).
 //! - [`signing`]: Ed25519 signatures over every message a node puts on NATS, and the keys
 //!   a node trusts (cluster mode: the stream is a trust boundary).
 //! - [`config`]: layered, typed settings. [`replay`]: the audit log on the command line.
@@ -48,6 +50,7 @@ pub mod client;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod credentials;
 pub mod domain;
 pub mod event;
 pub mod history;

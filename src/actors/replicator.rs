@@ -193,7 +193,8 @@ async fn receive(
             return pass_over(cluster, state, log, seq, &why.to_string());
         }
     }
-    let env = match Envelope::decode(&msg.payload, seq) {
+    // With the log's upcasters: a v1 event's password hash goes to the credential store.
+    let env = match Envelope::decode_with(&msg.payload, seq, &log.upcasters()) {
         Ok(env) if env.seq == seq => env,
         // A real event published again: it was signed for another position.
         Ok(env) => {

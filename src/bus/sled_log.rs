@@ -68,6 +68,9 @@ pub struct SledLog {
     /// whose round ended before it could record it, for the next round to fail the log
     /// with. tokio's, for its owned guard, which can move into the blocking task.
     writing: Arc<tokio::sync::Mutex<Option<String>>>,
+    /// How old events are read: the built-in upcasters, with the node's credential sink once
+    /// set (`crate::credentials`), so the hashes of v1 events reach the credential store.
+    upcasters: parking_lot::RwLock<Arc<Upcasters>>,
 }
 
 /// Small records are merged once together they hold this many events...
@@ -310,6 +313,7 @@ impl SledLog {
                 flushes: AtomicU64::new(0),
             },
             writing: Arc::new(tokio::sync::Mutex::new(None)),
+            upcasters: parking_lot::RwLock::new(Arc::new(Upcasters::builtin())),
         })
     }
 
@@ -539,12 +543,23 @@ impl SledLog {
             record: None,
             expected,
             failed: None,
-            upcasters: Upcasters::builtin(),
+            upcasters: self.upcasters(),
         };
         if let Err(e) = scan.reseek() {
             scan.failed = Some(Some(e));
         }
         scan
+    }
+
+    /// The upcasters this log reads old events with (also for the stream's, in cluster mode).
+    pub fn upcasters(&self) -> Arc<Upcasters> {
+        self.upcasters.read().clone()
+    }
+
+    /// Reads old events from now on handing their credentials to `sink`.
+    pub fn set_credential_sink(&self, sink: crate::event::upcast::CredentialSink) {
+        let mut u = self.upcasters.write();
+        *u = Arc::new(Upcasters::builtin().with_credential_sink(sink));
     }
 
     /// A value of the log's metadata (beside the events: which mode wrote them, which
@@ -644,7 +659,7 @@ struct Scan<'a> {
     expected: u64,
     /// Set once the scan has failed: the error, until it is yielded.
     failed: Option<Option<LogError>>,
-    upcasters: Upcasters,
+    upcasters: Arc<Upcasters>,
 }
 
 impl Scan<'_> {

@@ -15,15 +15,40 @@ use crate::domain::{Subscription, SubscriptionStatus, Tier, TokenHash, TokenId, 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// A user account was created. Carries an argon2id PHC string, never a password.
+/// A user account was created. v2 names the user's password by `credential_id` only: the
+/// argon2id PHC string lives in the credential store (`crate::credentials`), never in the
+/// log or on the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserRegistered {
     pub user_id: UserId,
     pub email: String,
     pub name: String,
+    pub tier: Tier,
+    /// The key of the password's hash in the credential store.
+    pub credential_id: String,
+}
+
+/// `user_registered` v1, which carried the argon2id hash itself: kept as the binary reader
+/// of old local logs. The upcaster to v2 moves the hash to the credential store
+/// ([`upcast::Upcasters::with_credential_sink`]) and leaves only its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRegisteredV1 {
+    pub user_id: UserId,
+    pub email: String,
+    pub name: String,
     pub password_hash: String,
     pub tier: Tier,
+}
+
+/// A user's password was changed: says that it was, and the key of the new hash in the
+/// credential store, never the hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChanged {
+    pub user_id: UserId,
+    pub credential_id: String,
 }
 
 /// A user's plan changed (tier, status or end date).
@@ -164,13 +189,14 @@ pub enum Event {
     LoginFailed(LoginFailed),
     SessionEnded(SessionEnded),
     TokenRotated(TokenRotated),
+    PasswordChanged(PasswordChanged),
 }
 
 /// The type names, as they appear in the envelope's `type` field and (with dots) in NATS
 /// subjects.
 ///
 /// The position is the type's code in the local log's binary form: new types go at the end.
-pub const TYPES: [&str; 9] = [
+pub const TYPES: [&str; 10] = [
     "user_registered",
     "subscription_changed",
     "token_issued",
@@ -180,6 +206,7 @@ pub const TYPES: [&str; 9] = [
     "login_failed",
     "session_ended",
     "token_rotated",
+    "password_changed",
 ];
 
 impl Event {
@@ -195,6 +222,7 @@ impl Event {
             Event::LoginFailed(_) => "login_failed",
             Event::SessionEnded(_) => "session_ended",
             Event::TokenRotated(_) => "token_rotated",
+            Event::PasswordChanged(_) => "password_changed",
         }
     }
 
@@ -202,7 +230,7 @@ impl Event {
     /// the previous version.
     pub fn current_version(kind: &str) -> Option<u32> {
         match kind {
-            "token_issued" => Some(2),
+            "token_issued" | "user_registered" => Some(2),
             _ => TYPES.contains(&kind).then_some(1),
         }
     }
@@ -219,6 +247,7 @@ impl Event {
             Event::LoginFailed(_) => None,
             Event::SessionEnded(e) => Some(e.user_id),
             Event::TokenRotated(e) => Some(e.user_id),
+            Event::PasswordChanged(e) => Some(e.user_id),
         }
     }
 
@@ -233,6 +262,7 @@ impl Event {
             Event::LoginFailed(e) => e.serialize(s),
             Event::SessionEnded(e) => e.serialize(s),
             Event::TokenRotated(e) => e.serialize(s),
+            Event::PasswordChanged(e) => e.serialize(s),
         }
     }
 
@@ -269,6 +299,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for DataSeed<'_> {
             "login_failed" => Event::LoginFailed(LoginFailed::deserialize(d)?),
             "session_ended" => Event::SessionEnded(SessionEnded::deserialize(d)?),
             "token_rotated" => Event::TokenRotated(TokenRotated::deserialize(d)?),
+            "password_changed" => Event::PasswordChanged(PasswordChanged::deserialize(d)?),
             other => {
                 return Err(serde::de::Error::custom(format!(
                     "unknown event type {other:?}"

@@ -1,8 +1,15 @@
 //! Upcasters: functions from version n to n+1 of one event type, on raw JSON, run before
 //! typed decoding. Built in: `token_issued` v1 → v2 (scopes and allowlists: a v1 token has
-//! every scope, from anywhere), with the binary reader of v1.
+//! every scope, from anywhere) and `user_registered` v1 → v2 (the password hash leaves the
+//! event for the credential store; only its id stays), each with the binary reader of v1.
+//!
+//! A node reads old events with a credential sink ([`Upcasters::with_credential_sink`]): the
+//! hashes that v1 events carried are handed to it on the way (idempotently, under an id
+//! derived from the user), so logins keep working; `replay` reads without one, and the hash
+//! goes nowhere.
 
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Rewrites the `data` of `kind` at version `from` into version `from + 1`.
 pub type UpcastFn = fn(Value) -> Result<Value, String>;
@@ -13,12 +20,17 @@ pub type UpcastFn = fn(Value) -> Result<Value, String>;
 /// bytes left over, as the current version's decoding does) then `serde_json::to_value`.
 pub type BinaryReader = fn(&[u8]) -> Result<Value, String>;
 
+/// Receives (credential id, argon2id PHC string) from old events that carried the hash.
+pub type CredentialSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// A table of upcasters keyed by (type, from-version), and of binary readers for old
 /// versions.
 #[derive(Default, Clone)]
 pub struct Upcasters {
     steps: Vec<(&'static str, u32, UpcastFn)>,
     readers: Vec<(&'static str, u32, BinaryReader)>,
+    /// Where the hashes of v1 `user_registered` events go (none: dropped).
+    sink: Option<CredentialSink>,
 }
 
 impl Upcasters {
@@ -29,6 +41,24 @@ impl Upcasters {
             .with_reader("token_issued", 1, |b| {
                 read_postcard::<super::TokenIssuedV1>(b)
             })
+            .with("user_registered", 1, user_registered_v1_to_v2)
+            .with_reader("user_registered", 1, |b| {
+                read_postcard::<super::UserRegisteredV1>(b)
+            })
+    }
+
+    /// Hands the hashes of v1 `user_registered` events to `sink` as they are upcast.
+    pub fn with_credential_sink(mut self, sink: CredentialSink) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Hands a credential taken out of something old (a snapshot format that held hashes)
+    /// to the sink, as the upcaster does with the events that carried them.
+    pub fn hand_over(&self, credential_id: &str, phc: &str) {
+        if let Some(sink) = &self.sink {
+            sink(credential_id, phc);
+        }
     }
 
     /// Adds a step from `from` to `from + 1` for `kind`.
@@ -67,6 +97,14 @@ impl Upcasters {
                 .iter()
                 .find(|(k, from, _)| *k == kind && *from == version)
                 .ok_or_else(|| format!("no upcaster from {kind} v{version}"))?;
+            if let (Some(sink), "user_registered", 1) = (&self.sink, kind, version) {
+                if let (Some(id), Some(hash)) = (
+                    data.get("user_id").and_then(Value::as_u64),
+                    data.get("password_hash").and_then(Value::as_str),
+                ) {
+                    sink(&v1_credential_id(id), hash);
+                }
+            }
             data = (step.2)(data)?;
             version += 1;
         }
@@ -82,6 +120,27 @@ fn token_issued_v1_to_v2(mut v: Value) -> Result<Value, String> {
         .ok_or("token_issued data is not an object")?;
     obj.insert("scopes".into(), Value::Null);
     obj.insert("allowed_ips".into(), Value::Null);
+    Ok(v)
+}
+
+/// The credential id a v1 user's hash is kept under: derived from the user, so every node
+/// and every re-read of the event agree on it.
+pub fn v1_credential_id(user_id: u64) -> String {
+    format!("v1-user-{user_id}")
+}
+
+/// `user_registered` v2 carries the id of the password's hash, not the hash.
+fn user_registered_v1_to_v2(mut v: Value) -> Result<Value, String> {
+    let obj = v
+        .as_object_mut()
+        .ok_or("user_registered data is not an object")?;
+    let id = obj
+        .get("user_id")
+        .and_then(Value::as_u64)
+        .ok_or("user_registered without a user_id")?;
+    obj.remove("password_hash")
+        .ok_or("user_registered v1 without a password_hash")?;
+    obj.insert("credential_id".into(), Value::String(v1_credential_id(id)));
     Ok(v)
 }
 

@@ -66,6 +66,7 @@ fn entry(env: &Envelope, state: &State) -> Option<(UserId, Value)> {
             json!({"client_ip": e.client_ip}),
         ),
         Event::SessionEnded(e) => (e.user_id, json!({})),
+        Event::PasswordChanged(e) => (e.user_id, json!({})),
         Event::UsageRecorded(_) => return None,
     };
     v["type"] = json!(env.event.kind());

@@ -60,20 +60,20 @@ pub async fn create_user(
     }
     let min_len = app.settings.min_password_length;
     let words = [email.as_str().to_owned(), name.as_str().to_owned()];
-    let password_hash = web::block(move || {
+    let password = web::block(move || {
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
         Password::parse(&b.password, min_len, &words)
-            .map(|p| p.hash().map_err(|_| ApiError::new(Code::Internal)))
     })
     .await
     .map_err(|_| ApiError::new(Code::Internal))?
-    .map_err(|weak| ApiError::invalid_field("password", &weak.to_string()))??;
+    .map_err(|weak| ApiError::invalid_field("password", &weak.to_string()))?;
+    let credential_id = super::account::store_password(&app.credentials, password).await?;
     let envs = app
         .writer
         .send(Execute(Command::RegisterUser {
             email,
             name,
-            password_hash,
+            credential_id,
             tier,
         }))
         .await??;

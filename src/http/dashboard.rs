@@ -2,6 +2,7 @@
 //! regenerate. Passwords are checked with argon2id against a dummy hash when the email is
 //! unknown, so the answer takes the same time and has the same body either way.
 
+use super::account;
 use super::auth::{client_ip, cookie_must_be_secure, same_origin, SessionUser, SESSION_COOKIE};
 use super::error::{ApiError, Code};
 use super::public::UserBody;
@@ -9,7 +10,7 @@ use super::tokens::{self, NewToken};
 use super::AppState;
 use crate::actors::Execute;
 use crate::command::Command;
-use crate::domain::{email_key, verify_password, Email, TokenHash};
+use crate::domain::{email_key, Email, TokenHash};
 use actix_web::cookie::{time, Cookie, SameSite};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use chrono::Utc;
@@ -40,7 +41,7 @@ fn parse_login(req: &HttpRequest, body: &[u8]) -> Result<LoginBody, ApiError> {
     }
 }
 
-fn session_cookie(req: &HttpRequest, app: &AppState, value: String) -> Cookie<'static> {
+pub(super) fn session_cookie(req: &HttpRequest, app: &AppState, value: String) -> Cookie<'static> {
     Cookie::build(SESSION_COOKIE, value)
         .http_only(true)
         .same_site(SameSite::Strict)
@@ -85,22 +86,16 @@ pub async fn login(
     let known = email
         .as_ref()
         .and_then(|e| app.state.credentials(e.as_str()));
+    // The hash comes from the credential store (the log names it by id only); a user whose
+    // hash cannot be found is checked against the dummy one, and refused as any wrong password.
     let (user_id, phc) = match known {
-        Some((id, phc)) => (Some(id), phc),
+        Some((id, credential)) => match account::password_hash_of(&app, &credential).await? {
+            Some(phc) => (Some(id), phc),
+            None => (None, app.dummy_hash.clone()),
+        },
         None => (None, app.dummy_hash.clone()),
     };
-    let password = creds.password;
-    // At most a few argon2 checks at once (each takes ~19 MiB and tens of milliseconds);
-    // the rest wait their turn instead of exhausting memory.
-    let permit = app
-        .password_checks
-        .acquire()
-        .await
-        .map_err(|_| ApiError::new(Code::Internal))?;
-    let matches = web::block(move || verify_password(&password, &phc))
-        .await
-        .map_err(|_| ApiError::new(Code::Internal))?;
-    drop(permit);
+    let matches = account::check_password(&app, creds.password, phc).await?;
     let client_ip = ip.map(|i| i.to_string());
     let Some(user_id) = user_id.filter(|_| matches) else {
         // The audit log names the account only when it exists: what was typed into the email

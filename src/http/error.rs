@@ -20,6 +20,7 @@ pub enum Code {
     LoginThrottled,
     TokenChangesThrottled,
     InvalidCredentials,
+    WrongPassword,
     CrossSite,
     NotFound,
     MethodNotAllowed,
@@ -60,6 +61,7 @@ impl Code {
                 (429, "token_changes_throttled", "Too many token changes")
             }
             Code::InvalidCredentials => (401, "invalid_credentials", "Invalid credentials"),
+            Code::WrongPassword => (403, "wrong_password", "The current password is wrong"),
             Code::CrossSite => (403, "cross_site_request", "Cross-site request refused"),
             Code::NotFound => (404, "not_found", "Not found"),
             Code::MethodNotAllowed => (405, "method_not_allowed", "Method not allowed"),

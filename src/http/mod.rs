@@ -4,6 +4,7 @@
 //! Owns: translation between HTTP and commands/queries. May not touch: the log (only the
 //! writer appends) or the projections' internals (it reads them through `State`'s methods).
 
+pub mod account;
 pub mod admin;
 pub mod auth;
 pub mod dashboard;
@@ -22,6 +23,7 @@ use crate::bus::{JetStreamBus, LogError, SledLog};
 use crate::cluster::Cluster;
 use crate::command::{Command, CommandError};
 use crate::config::Settings;
+use crate::credentials::Credentials;
 use crate::domain::{Email, Password, Tier, UserName};
 use crate::history::{Quiesce, SecurityLog, SnapshotStore, UsageCheckpoint, UsageRollups};
 use crate::signing::{Signer, Verifier};
@@ -49,6 +51,8 @@ pub struct AppState {
     pub rollups: Arc<UsageRollups>,
     /// Each user's security events, for Settings → Security log.
     pub security_log: Arc<SecurityLog>,
+    /// Password hashes by credential id (never in the log).
+    pub credentials: Arc<Credentials>,
     /// `Some` in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
     /// Per-tier limits, copied out of the settings so the verify path reads one small array.
@@ -164,6 +168,8 @@ pub const ROUTES: &[&str] = &[
     "/dashboard/tokens/{id}/regenerate",
     "/dashboard/tokens/{id}/usage",
     "/dashboard/events",
+    "/dashboard/password",
+    "/dashboard/sessions/end-all",
     "/settings/security-log",
     "/admin/users",
     "/admin/users/{id}",
@@ -209,6 +215,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/dashboard/tokens/{id}/usage").route(web::get().to(usage::token_usage)))
         .service(resource("/dashboard/events").route(web::get().to(security_log::events)))
+        .service(resource("/dashboard/password").route(web::post().to(account::change_password)))
+        .service(
+            resource("/dashboard/sessions/end-all")
+                .route(web::post().to(account::end_all_sessions)),
+        )
         .service(resource("/settings/security-log").route(web::get().to(pages::security_log_page)))
         .service(resource("/admin/users").route(web::post().to(admin::create_user)))
         .service(resource("/admin/users/{id}").route(web::get().to(admin::get_user)))
@@ -336,6 +347,11 @@ pub fn restore(settings: &Settings, log: Arc<SledLog>) -> Result<Restored, Start
         .map_err(|e| StartError::Other(e.to_string()))?
     {
         Some(loaded) => {
+            // An older format held the password hashes: they go to the credential store.
+            let upcasters = log.upcasters();
+            for (id, phc) in &loaded.credentials {
+                upcasters.hand_over(id, phc);
+            }
             let (seq, read) = (loaded.image.applied_seq, started.elapsed());
             let state = State::from_image(&settings.node_id, claims, loaded.image);
             tracing::info!(
@@ -391,6 +407,7 @@ pub fn restore(settings: &Settings, log: Arc<SledLog>) -> Result<Restored, Start
 async fn ensure_demo_user(
     state: &State,
     writer: &Addr<Writer>,
+    credentials: &Credentials,
     min_password_length: usize,
 ) -> Result<DemoUser, StartError> {
     const EMAIL: &str = "demo@snaptrack.dev";
@@ -409,14 +426,13 @@ async fn ensure_demo_user(
     password.truncate(len);
     let parsed = Password::parse(&password, min_password_length, &[EMAIL])
         .map_err(|e| StartError::Other(format!("demo password: {e}")))?;
-    let hash = web::block(move || parsed.hash())
+    let credential_id = account::store_password(credentials, parsed)
         .await
-        .map_err(|e| StartError::Other(e.to_string()))?
         .map_err(|e| StartError::Other(e.to_string()))?;
     let cmd = Command::RegisterUser {
         email: Email::parse(EMAIL).map_err(|e| StartError::Other(e.into()))?,
         name: UserName::parse("Demo User").map_err(|e| StartError::Other(e.into()))?,
-        password_hash: hash,
+        credential_id,
         tier: Tier::Pro,
     };
     match writer.send(Execute(cmd)).await {
@@ -459,6 +475,8 @@ impl Application {
             None => None,
         };
         let log = open_log(&settings)?;
+        // Before anything is read: old events and snapshots hand their hashes to it.
+        let credentials = Credentials::open(&log)?;
         // Cluster mode: connect first, so that an empty data directory can be seeded from
         // the snapshot the nodes share.
         let connected = match keys {
@@ -473,6 +491,10 @@ impl Application {
                 )
                 .await
                 .map_err(StartError::Nats)?;
+                credentials
+                    .connect(&bus)
+                    .await
+                    .map_err(|e| StartError::Nats(e.to_string()))?;
                 let store = SnapshotStore::new(&settings.data, settings.history.snapshots_kept);
                 let wait = settings
                     .cluster
@@ -501,6 +523,18 @@ impl Application {
                     settings.trust.unsigned_through,
                 ));
                 let mut tasks = replicator::start(cluster.clone(), state.clone(), log.clone());
+                let shared = credentials.clone();
+                tasks.push(tokio::spawn(async move {
+                    match shared.share_legacy().await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(credentials = n, "shared the credentials of old events")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot share the credentials of old events")
+                        }
+                    }
+                }));
                 tasks.push(tokio::spawn(crate::cluster::shared::share_periodically(
                     cluster.clone(),
                     snapshots.clone(),
@@ -548,7 +582,10 @@ impl Application {
         )
         .start();
         let demo = if settings.demo {
-            Some(ensure_demo_user(&state, &writer, settings.min_password_length).await?)
+            Some(
+                ensure_demo_user(&state, &writer, &credentials, settings.min_password_length)
+                    .await?,
+            )
         } else {
             None
         };
@@ -570,6 +607,7 @@ impl Application {
             checkpoint: checkpoint.clone(),
             rollups: rollups.clone(),
             security_log: security_log.clone(),
+            credentials: credentials.clone(),
             cluster: cluster.clone(),
             tiers: settings.tier_table(),
             settings: settings.clone(),

@@ -47,8 +47,9 @@ pub struct UserImage {
     pub email: String,
     pub subscription: Subscription,
     pub created_at: Ts,
-    /// `None` only if the log never held one (it always does).
-    pub password_hash: Option<String>,
+    /// The id of the user's credential (never the hash; format 3). `None` only if the log
+    /// never named one (it always does).
+    pub credential_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,7 +112,7 @@ impl State {
                 email: u.email.clone(),
                 subscription: u.subscription,
                 created_at: u.created_at.into(),
-                password_hash: d.password_hashes.get(&u.id).cloned(),
+                credential_id: d.credential_ids.get(&u.id).cloned(),
             })
             .collect();
         users.sort_by_key(|u| u.id);
@@ -250,8 +251,8 @@ impl State {
             let mut d = state.directory.write();
             let profiles = state.users.pin();
             for u in users {
-                if let Some(hash) = u.password_hash {
-                    d.password_hashes.insert(u.id, hash);
+                if let Some(c) = u.credential_id {
+                    d.credential_ids.insert(u.id, c);
                 }
                 profiles.insert(
                     u.id,

@@ -109,11 +109,13 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Cold-path projections: lookups by email, password hashes, token records.
+/// Cold-path projections: lookups by email, credential ids, token records.
 #[derive(Default)]
 pub struct Directory {
     pub emails: HashMap<String, UserId>,
-    pub password_hashes: HashMap<UserId, String>,
+    /// Each user's current credential (the key of the password's hash in the credential
+    /// store; never the hash).
+    pub credential_ids: HashMap<UserId, String>,
     pub token_records: TokenRecords,
     /// Every session by expiry: each login drops the sessions that expired before it, so
     /// expired sessions do not pile up in `sessions` while the node runs.
@@ -262,7 +264,7 @@ impl State {
                 d.emails
                     .entry(crate::domain::email_key(&e.email))
                     .or_insert(e.user_id);
-                d.password_hashes.insert(e.user_id, e.password_hash);
+                d.credential_ids.insert(e.user_id, e.credential_id);
                 d.last_user_id = d.last_user_id.max(e.user_id.0);
             }
             Event::SubscriptionChanged(e) => {
@@ -406,6 +408,12 @@ impl State {
                     d.session_expiry.remove(&(s.expires_at, e.session_sha256));
                 }
             }
+            Event::PasswordChanged(e) => {
+                self.directory
+                    .write()
+                    .credential_ids
+                    .insert(e.user_id, e.credential_id);
+            }
         }
         self.applied_seq.store(seq, Ordering::Release);
         Ok(())
@@ -436,12 +444,30 @@ impl State {
         self.users.pin().get(&id).cloned()
     }
 
-    /// The user with this email (compared after NFKC and lower-casing), and their password
-    /// hash.
+    /// The user with this email (compared after NFKC and lower-casing), and the id of their
+    /// password's credential.
     pub fn credentials(&self, email: &str) -> Option<(UserId, String)> {
         let d = self.directory.read();
         let id = *d.emails.get(&crate::domain::email_key(email))?;
-        Some((id, d.password_hashes.get(&id)?.clone()))
+        Some((id, d.credential_ids.get(&id)?.clone()))
+    }
+
+    /// The id of a user's current credential.
+    pub fn credential_of(&self, user: UserId) -> Option<String> {
+        self.directory.read().credential_ids.get(&user).cloned()
+    }
+
+    /// The sessions a user holds (unexpired at `now`), by the SHA-256 of their cookie.
+    pub fn sessions_of(&self, user: UserId, now: DateTime<Utc>) -> Vec<TokenHash> {
+        let mut out: Vec<TokenHash> = self
+            .sessions
+            .pin()
+            .iter()
+            .filter(|(_, s)| s.user_id == user && s.expires_at > now)
+            .map(|(h, _)| *h)
+            .collect();
+        out.sort();
+        out
     }
 
     /// The user with this email (compared as [`State::credentials`] does).

@@ -403,6 +403,23 @@ impl TestApp {
         .unwrap()
     }
 
+    /// `POST /dashboard/password`.
+    pub async fn change_password(&self, cookie: &str, current: &str, new: &str) -> Response {
+        self.dash(reqwest::Method::POST, "/dashboard/password", cookie)
+            .json(&json!({"current_password": current, "new_password": new}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /dashboard/sessions/end-all` (log out everywhere).
+    pub async fn end_all_sessions(&self, cookie: &str) -> Response {
+        self.dash(reqwest::Method::POST, "/dashboard/sessions/end-all", cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The operator's regenerate of any user's token.
     pub async fn regenerate_admin(&self, id: &str, body: &Value) -> Response {
         self.admin(

@@ -1,5 +1,6 @@
 //! Black-box tests: each starts the real `snaptrack-auth` binary on port 0 and talks HTTP.
 
+mod account;
 mod admin;
 mod browser;
 mod cli;

@@ -2,7 +2,7 @@
 //! config), a token, an nkey, TLS with a client certificate; a wrong credential is one clear
 //! error that never shows the secret; and the deployment the README gives, run as it is.
 
-use crate::helpers::{body, spawn_app_with, Opts, TestApp, BIN};
+use crate::helpers::{body, spawn_app_with, Opts, TestApp, BIN, PASSWORD};
 use crate::nats::{NatsServer, CLUSTER_CONFIG};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -324,6 +324,9 @@ async fn the_readme_deployment_lets_subscribers_read_and_not_write() {
     let user = a.create_user("ann@example.com", "pro").await;
     let (token, id) = a.issue_token(user).await;
     assert_eq!(b.revoke_admin(&id).await.status(), StatusCode::OK);
+    // The nodes' rights cover the credential bucket: a user registered on a logs in on b.
+    let r = b.login("ann@example.com", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::OK);
     // The nodes' rights cover sharing snapshots: a clean stop shares one.
     assert!(a.stop().await.success());
     assert!(
@@ -356,13 +359,24 @@ async fn the_readme_deployment_lets_subscribers_read_and_not_write() {
         Ok(ack) => ack.await.is_err(),
     };
     assert!(refused, "the subscriber published on the stream");
-    // Nor read the shared snapshot (it holds password hashes), nor write it.
+    // Nor read the shared snapshot, nor write it; nor the credential store's bucket.
     assert!(
         js.get_object_store("SNAPTRACK_AUTH_SNAPSHOTS")
             .await
             .is_err(),
         "the subscriber opened the snapshot bucket"
     );
+    assert!(
+        js.get_key_value("SNAPTRACK_AUTH_CREDENTIALS")
+            .await
+            .is_err(),
+        "the subscriber opened the credential bucket"
+    );
+    let forged_hash = subscriber
+        .publish("$KV.SNAPTRACK_AUTH_CREDENTIALS.v1-user-1", "x".into())
+        .await;
+    subscriber.flush().await.unwrap();
+    drop(forged_hash);
     subscriber
         .publish("snaptrack.auth.v1.token.issued", "forged".into())
         .await
@@ -375,10 +389,16 @@ async fn the_readme_deployment_lets_subscribers_read_and_not_write() {
         .connect(nats.url())
         .await
         .unwrap();
-    let mut stored = async_nats::jetstream::new(reader)
-        .get_stream("SNAPTRACK_AUTH")
+    let node_js = async_nats::jetstream::new(reader);
+    let creds = node_js
+        .get_key_value("SNAPTRACK_AUTH_CREDENTIALS")
         .await
         .unwrap();
+    assert!(
+        creds.get("v1-user-1").await.unwrap().is_none(),
+        "the subscriber wrote into the credential bucket"
+    );
+    let mut stored = node_js.get_stream("SNAPTRACK_AUTH").await.unwrap();
     let now_last = stored.info().await.unwrap().state.last_sequence;
     for seq in last + 1..=now_last {
         let m = stored.get_raw_message(seq).await.unwrap();

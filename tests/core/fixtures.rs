@@ -219,7 +219,34 @@ fn older_binary_forms_still_read_as_their_json_does() {
             n += 1;
         }
     }
-    assert!(n >= 1, "token_issued v1 at least");
+    assert!(n >= 2, "token_issued v1 and user_registered v1 at least");
+}
+
+/// A user registered before the credential store: v2 names a credential derived from the
+/// user, the hash goes to the sink (a node's credential store), and nothing else keeps it.
+#[test]
+fn user_registered_v1_upcasts_to_a_credential_id_and_hands_its_hash_to_the_sink() {
+    let json = std::fs::read(events_dir().join("fixtures/user_registered.v1.json")).unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let ups = Upcasters::builtin().with_credential_sink(std::sync::Arc::new(move |id, phc| {
+        sink.lock().unwrap().push((id.to_owned(), phc.to_owned()))
+    }));
+    let env = Envelope::decode_with(&json, 0, &ups).unwrap();
+    match &env.event {
+        Event::UserRegistered(u) => assert_eq!(u.credential_id, "v1-user-1"),
+        other => panic!("{other:?}"),
+    }
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "v1-user-1");
+    assert!(got[0].1.starts_with("$argon2id$"));
+    // What replay prints of it: v2, no hash.
+    let printed = String::from_utf8(env.to_json()).unwrap();
+    assert!(!printed.contains("argon2"), "{printed}");
+    assert!(printed.contains(r#""version":2"#), "{printed}");
+    // Without a sink the hash goes nowhere, and the event is the same.
+    assert_eq!(Envelope::decode(&json, 0).unwrap(), env);
 }
 
 /// A token issued before scopes and allowlists has every scope and works from anywhere.

@@ -10,7 +10,7 @@
 
 use super::{key, seq_of, LogError, SledLog};
 use crate::bus::record::{Entry, Events, Reader};
-use crate::event::{upcast::Upcasters, Event};
+use crate::event::Event;
 use chrono::{DateTime, Utc};
 
 /// The meta key: the first record not yet wholly past the cutoff.
@@ -23,7 +23,7 @@ impl SledLog {
     /// Returns how many records of usage went.
     pub fn compact_usage(&self, cutoff: DateTime<Utc>, through: u64) -> Result<u64, LogError> {
         let from: u64 = self.meta(FROM)?.and_then(|v| v.parse().ok()).unwrap_or(1);
-        let upcasters = Upcasters::builtin();
+        let upcasters = self.upcasters();
         let (mut compacted, mut next) = (0u64, from);
         loop {
             // One record at a time under the write gate: the group commit's leader holds it

@@ -16,7 +16,9 @@
 //! lost or replaced, and the node refuses to start rather than serve a state the log cannot
 //! back.
 
-mod format1;
+mod legacy;
+
+pub use legacy::Legacy;
 
 use crate::state::Image;
 use std::io::Write;
@@ -27,10 +29,11 @@ const MAGIC: &[u8; 8] = b"SNAPTRKS";
 /// The format this binary writes.
 ///
 /// 2: token records carry scopes, allowlists and the token that replaced them.
-pub const FORMAT: u32 = 2;
-/// The older formats it still reads ([`format1`]), so that a node seeded from a snapshot
+/// 3: users carry the id of their credential, not the password hash.
+pub const FORMAT: u32 = 3;
+/// The older formats it still reads ([`legacy`]), so that a node seeded from a snapshot
 /// restarts on a new binary. Any other format is passed over with a warning.
-pub const READS: &[u32] = &[1, FORMAT];
+pub const READS: &[u32] = &[1, 2, FORMAT];
 const HEADER: usize = 8 + 4 + 8 + 8 + 8 + 4;
 
 /// Why start-up cannot use the snapshots.
@@ -87,6 +90,8 @@ pub struct Loaded {
     pub image: Image,
     pub taken_at: i64,
     pub path: PathBuf,
+    /// The password hashes an older format held, for the credential store.
+    pub credentials: Legacy,
 }
 
 /// The snapshots of one data directory.
@@ -124,6 +129,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Reads a snapshot's bytes: the image and when it was taken.
 pub fn decode(bytes: &[u8]) -> Result<(Image, i64), Unreadable> {
+    decode_with_credentials(bytes).map(|(image, at, _)| (image, at))
+}
+
+/// Reads a snapshot's bytes: the image, when it was taken, and the password hashes an old
+/// format held (for the credential store; none from today's format).
+pub fn decode_with_credentials(bytes: &[u8]) -> Result<(Image, i64, Legacy), Unreadable> {
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
         return Err(Unreadable::Magic);
     }
@@ -151,9 +162,10 @@ pub fn decode(bytes: &[u8]) -> Result<(Image, i64), Unreadable> {
     if crc32fast::hash(body) != crc {
         return Err(Unreadable::Checksum);
     }
-    let image: Image = match format {
-        1 => format1::decode(body),
-        _ => postcard::from_bytes(body),
+    let (image, legacy) = match format {
+        1 => legacy::decode_format1(body),
+        2 => legacy::decode_format2(body),
+        _ => postcard::from_bytes::<Image>(body).map(|i| (i, Vec::new())),
     }
     .map_err(|e| Unreadable::Decode(e.to_string()))?;
     if image.applied_seq != seq {
@@ -162,7 +174,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Image, i64), Unreadable> {
             image.applied_seq
         )));
     }
-    Ok((image, taken_at))
+    Ok((image, taken_at, legacy))
 }
 
 impl SnapshotStore {
@@ -220,8 +232,8 @@ impl SnapshotStore {
                     continue;
                 }
             };
-            match decode(&bytes) {
-                Ok((image, taken_at)) => {
+            match decode_with_credentials(&bytes) {
+                Ok((image, taken_at, credentials)) => {
                     if image.applied_seq > log_end {
                         return Err(SnapshotError::AheadOfLog {
                             path: path.display().to_string(),
@@ -234,6 +246,7 @@ impl SnapshotStore {
                         image,
                         taken_at,
                         path,
+                        credentials,
                     }));
                 }
                 Err(why) => tracing::warn!(

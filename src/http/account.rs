@@ -1,0 +1,155 @@
+//! The account's own settings (session cookie): change password, and log out everywhere. And
+//! the two steps every password takes: stored as a hash in the credential store under a new
+//! id before any event names it ([`store_password`]), and read back from there to be checked
+//! ([`password_hash_of`]).
+
+use super::auth::{client_ip, same_origin, SessionUser};
+use super::error::{ApiError, Code};
+use super::AppState;
+use crate::actors::Execute;
+use crate::command::Command;
+use crate::credentials::{CredentialError, Credentials};
+use crate::domain::{verify_password, Password};
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+
+fn unavailable(e: CredentialError) -> ApiError {
+    tracing::error!(error = %e, "credential store unavailable");
+    match e {
+        CredentialError::Remote(_) => ApiError::retry_after(Code::ServiceUnavailable, 1),
+        CredentialError::Local(_) => ApiError::new(Code::Internal),
+    }
+}
+
+/// Hashes `password` (argon2id, off the executor) and stores the hash under a fresh
+/// credential id, which it returns for the event to name.
+pub async fn store_password(
+    credentials: &Credentials,
+    password: Password,
+) -> Result<String, ApiError> {
+    let phc = web::block(move || password.hash())
+        .await
+        .map_err(|_| ApiError::new(Code::Internal))?
+        .map_err(|_| ApiError::new(Code::Internal))?;
+    let id = Credentials::new_id();
+    credentials.put(&id, &phc).await.map_err(unavailable)?;
+    Ok(id)
+}
+
+/// The hash a credential id names; `None` if the store does not hold it (the caller checks
+/// against the dummy hash then, so the answer takes as long and says as little).
+pub async fn password_hash_of(
+    app: &AppState,
+    credential_id: &str,
+) -> Result<Option<String>, ApiError> {
+    let found = app
+        .credentials
+        .get(credential_id)
+        .await
+        .map_err(unavailable)?;
+    if found.is_none() {
+        tracing::error!(
+            credential_id,
+            "a user's credential is missing from the store"
+        );
+    }
+    Ok(found)
+}
+
+/// Checks `password` against `phc` with at most a few argon2 checks at once (each takes
+/// ~19 MiB and tens of milliseconds).
+pub async fn check_password(
+    app: &AppState,
+    password: String,
+    phc: String,
+) -> Result<bool, ApiError> {
+    let permit = app
+        .password_checks
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(Code::Internal))?;
+    let matches = web::block(move || verify_password(&password, &phc))
+        .await
+        .map_err(|_| ApiError::new(Code::Internal))?;
+    drop(permit);
+    Ok(matches)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /dashboard/password`: the current password, then the new one (the same rules as at
+/// registration). Every other session of the user ends; this one stays. A wrong current
+/// password counts as a failed login (the same throttles) and changes nothing.
+pub async fn change_password(
+    req: HttpRequest,
+    s: SessionUser,
+    app: web::Data<AppState>,
+    body: web::Json<ChangePassword>,
+) -> Result<HttpResponse, ApiError> {
+    same_origin(&req)?;
+    let body = body.into_inner();
+    let now = Utc::now().timestamp();
+    let ip = client_ip(&req);
+    if let Some(ip) = ip {
+        app.login_throttle
+            .try_count(ip, now)
+            .map_err(|wait| ApiError::retry_after(Code::LoginThrottled, wait))?;
+    }
+    let phc = match app.state.credential_of(s.user.id) {
+        Some(id) => password_hash_of(&app, &id).await?,
+        None => None,
+    };
+    let known = phc.is_some();
+    let phc = phc.unwrap_or_else(|| app.dummy_hash.clone());
+    if !check_password(&app, body.current_password, phc).await? || !known {
+        return Err(ApiError::new(Code::WrongPassword));
+    }
+    app.login_throttle.forgive(ip, now);
+    let min_len = app.settings.min_password_length;
+    let words = [s.user.email.clone(), s.user.name.clone()];
+    let new = web::block(move || {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        Password::parse(&body.new_password, min_len, &words)
+    })
+    .await
+    .map_err(|_| ApiError::new(Code::Internal))?
+    .map_err(|weak| ApiError::invalid_field("new_password", &weak.to_string()))?;
+    let credential_id = store_password(&app.credentials, new).await?;
+    let envs = app
+        .writer
+        .send(Execute(Command::ChangePassword {
+            user_id: s.user.id,
+            credential_id,
+            keep: Some(s.session),
+        }))
+        .await??;
+    Ok(HttpResponse::Ok().json(json!({
+        "success": true,
+        "sessions_ended": envs.len().saturating_sub(1),
+    })))
+}
+
+/// `POST /dashboard/sessions/end-all`: log out everywhere, this session included.
+pub async fn end_all_sessions(
+    req: HttpRequest,
+    s: SessionUser,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    same_origin(&req)?;
+    let envs = app
+        .writer
+        .send(Execute(Command::EndAllSessions { user_id: s.user.id }))
+        .await??;
+    let mut gone = super::dashboard::session_cookie(&req, &app, String::new());
+    gone.make_removal();
+    Ok(HttpResponse::Ok()
+        .cookie(gone)
+        .json(json!({"success": true, "sessions_ended": envs.len()})))
+}
