@@ -310,6 +310,9 @@ fn append(c: &mut Criterion) {
                                 token_id: TokenId::new(),
                                 user_id: UserId(t + 1),
                                 reason: RevokeReason::Revoked,
+                                by: None,
+                                url: None,
+                                source: None,
                             });
                             let envs = log.append(vec![e], "n1", Utc::now()).unwrap();
                             log.wait_durable(envs[0].seq).await.unwrap();
@@ -330,6 +333,9 @@ fn append(c: &mut Criterion) {
                     token_id: TokenId::new(),
                     user_id: UserId(1),
                     reason: RevokeReason::Revoked,
+                    by: None,
+                    url: None,
+                    source: None,
                 });
                 let envs = log.append(vec![e], "n1", Utc::now()).unwrap();
                 log.wait_durable(envs[0].seq).await.unwrap();

@@ -4,7 +4,7 @@
 
 use crate::domain::{Email, Subscription, Tier, TokenHash, TokenId, TokenName, UserId, UserName};
 use crate::event::{
-    Event, LoginFailed, LoginSucceeded, PasswordChanged, RevokeReason, SessionEnded,
+    Event, LoginFailed, LoginSucceeded, PasswordChanged, RevokeReason, RevokedBy, SessionEnded,
     SubscriptionChanged, TokenIssued, TokenRevoked, TokenRotated, UsageRecorded, UserRegistered,
 };
 use crate::state::State;
@@ -55,6 +55,11 @@ pub enum Command {
         token_id: TokenId,
         owner: Option<UserId>,
     },
+    /// A signed leak report: every known token it names that is not revoked yet is revoked,
+    /// with where it was found.
+    RevokeLeaked {
+        reports: Vec<LeakedToken>,
+    },
     /// Issues a replacement for `old` with the same name, lifetime and restrictions, and
     /// ends `old` in the same step: at once (`grace: None`), or when the grace ends.
     RegenerateToken {
@@ -79,6 +84,14 @@ pub enum Command {
     EndSession {
         session: TokenHash,
     },
+}
+
+/// One token a leak report names, by its hash (the plaintext never reaches the writer).
+#[derive(Debug, Clone)]
+pub struct LeakedToken {
+    pub hash: TokenHash,
+    pub url: String,
+    pub source: String,
 }
 
 /// Active (not revoked, not expired) tokens one user may hold: enough for "separate tokens
@@ -128,23 +141,15 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
             keep,
         } => {
             state.user(user_id).ok_or(CommandError::UserNotFound)?;
-            let mut events = vec![Event::PasswordChanged(PasswordChanged {
+            Ok(vec![Event::PasswordChanged(PasswordChanged {
                 user_id,
                 credential_id,
-            })];
-            events.extend(
-                state
+                sessions_ended: state
                     .sessions_of(user_id, now)
                     .into_iter()
                     .filter(|s| Some(*s) != keep)
-                    .map(|session_sha256| {
-                        Event::SessionEnded(SessionEnded {
-                            user_id,
-                            session_sha256,
-                        })
-                    }),
-            );
-            Ok(events)
+                    .collect(),
+            })])
         }
         Command::EndAllSessions { user_id } => {
             state.user(user_id).ok_or(CommandError::UserNotFound)?;
@@ -202,7 +207,34 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
                 token_id,
                 user_id: rec.user_id,
                 reason: RevokeReason::Revoked,
+                by: Some(revoked_by(owner)),
+                url: None,
+                source: None,
             })])
+        }
+        Command::RevokeLeaked { reports } => {
+            // Each known token not yet revoked, once, in one atomic append; the rest (unknown,
+            // already revoked, named twice) change nothing.
+            let mut seen = std::collections::HashSet::new();
+            let mut events = Vec::new();
+            for r in reports {
+                let Some(id) = state.tokens.pin().get(&r.hash).map(|t| t.token_id) else {
+                    continue;
+                };
+                let Some(rec) = state.token(id) else { continue };
+                if rec.revoked_at.is_some() || !seen.insert(id) {
+                    continue;
+                }
+                events.push(Event::TokenRevoked(TokenRevoked {
+                    token_id: id,
+                    user_id: rec.user_id,
+                    reason: RevokeReason::Leaked,
+                    by: Some(RevokedBy::LeakReport),
+                    url: Some(r.url),
+                    source: Some(r.source),
+                }));
+            }
+            Ok(events)
         }
         Command::RegenerateToken {
             old,
@@ -238,6 +270,9 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
                     token_id: old,
                     user_id: rec.user_id,
                     reason: RevokeReason::Regenerated,
+                    by: Some(revoked_by(owner)),
+                    url: None,
+                    source: None,
                 }),
             };
             let restrictions = rec.restrictions.as_deref();
@@ -284,6 +319,14 @@ pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Eve
                 session_sha256: session,
             })])
         }
+    }
+}
+
+/// A change made with an owner is the user's own (the dashboard); without, an operator's.
+fn revoked_by(owner: Option<UserId>) -> RevokedBy {
+    match owner {
+        Some(_) => RevokedBy::User,
+        None => RevokedBy::Operator,
     }
 }
 

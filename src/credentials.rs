@@ -71,6 +71,12 @@ impl Credentials {
         })
     }
 
+    /// Makes what the sink kept durable.
+    pub fn flush(&self) -> Result<(), CredentialError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
     /// Cluster mode: share credentials through the bucket of `bus`'s JetStream, created if
     /// missing with the stream's replica count.
     pub async fn connect(&self, bus: &JetStreamBus) -> Result<(), CredentialError> {
@@ -86,7 +92,9 @@ impl Credentials {
                 max_messages_per_subject: 1,
                 allow_rollup: true,
                 deny_delete: true,
-                allow_direct: true,
+                // Reads go to the stream's leader: a replica that lags could miss a credential
+                // whose event this node already applied.
+                allow_direct: false,
                 discard: stream::DiscardPolicy::New,
                 num_replicas: replicas,
                 ..Default::default()

@@ -12,6 +12,7 @@
 
 use super::Cluster;
 use crate::bus::{JetStreamBus, SledLog};
+use crate::credentials::Credentials;
 use crate::history::{snapshot, SnapshotStore};
 use crate::signing::Verifier;
 use async_nats::jetstream::object_store;
@@ -230,21 +231,28 @@ fn finish_seed(log: &SledLog, store: &SnapshotStore) -> Option<u64> {
 
 /// Shares every snapshot this node takes (checked every few seconds), and returns when
 /// aborted.
-pub async fn share_periodically(cluster: Arc<Cluster>, store: Arc<SnapshotStore>) {
+pub async fn share_periodically(
+    cluster: Arc<Cluster>,
+    store: Arc<SnapshotStore>,
+    credentials: Arc<Credentials>,
+) {
     let mut shared = 0u64;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         tick.tick().await;
-        if let Err(e) = share_newest(&cluster, &store, &mut shared).await {
+        if let Err(e) = share_newest(&cluster, &store, &credentials, &mut shared).await {
             tracing::warn!(error = %e, "snapshot not shared");
         }
     }
 }
 
-/// Shares the newest local snapshot if it is newer than `shared`.
+/// Shares the newest local snapshot if it is newer than `shared`. First the credentials old
+/// events carried: a node seeded from the snapshot never reads those events, and finds the
+/// hashes of the users they registered only in the bucket.
 pub async fn share_newest(
     cluster: &Cluster,
     store: &SnapshotStore,
+    credentials: &Credentials,
     shared: &mut u64,
 ) -> Result<(), String> {
     let Some((seq, _)) = store.status.get() else {
@@ -261,6 +269,13 @@ pub async fn share_newest(
     else {
         return Ok(());
     };
+    let legacy = credentials
+        .share_legacy()
+        .await
+        .map_err(|e| e.to_string())?;
+    if legacy > 0 {
+        tracing::info!(credentials = legacy, "shared the credentials of old events");
+    }
     let bytes = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
     let (_, created) = cluster.bus.identity().await?;
     if share(&cluster.bus, &created, seq, &bytes).await? {

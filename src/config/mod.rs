@@ -52,6 +52,9 @@ pub struct Settings {
     pub node_id: String,
     /// Bearer token of the admin API; `None` hides the admin API (404).
     pub admin_token: Option<String>,
+    /// The HMAC-SHA256 key of signed leak reports (`leak_report_secret`; env
+    /// `SNAPTRACK_AUTH_LEAK_REPORT_SECRET`); `None` hides `POST /leaked-tokens` (404).
+    pub leak_report_secret: Option<String>,
     pub tiers: [TierSettings; 4],
     pub throttle: Throttle,
     /// Snapshots and usage retention (`[history]`).
@@ -96,6 +99,10 @@ impl std::fmt::Debug for Settings {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "leak_report_secret",
+                &self.leak_report_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("tiers", &self.tiers)
             .field("throttle", &self.throttle)
             .field("history", &self.history)
@@ -130,6 +137,7 @@ impl Default for Settings {
             nats: None,
             node_id: "n1".into(),
             admin_token: None,
+            leak_report_secret: None,
             tiers: [
                 TierSettings {
                     api_access: false,
@@ -173,6 +181,7 @@ struct FileConfig {
     workers: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
     scopes: Option<Vec<String>>,
+    leak_report_secret: Option<String>,
     #[serde(default)]
     tiers: FileTiers,
     #[serde(default)]
@@ -327,6 +336,9 @@ impl Settings {
         }
         cluster::apply_env(&env, &mut s.trust, &mut s.nats_auth);
         s.admin_token = env("SNAPTRACK_ADMIN_TOKEN").filter(|t| !t.is_empty());
+        if let Some(k) = env("SNAPTRACK_AUTH_LEAK_REPORT_SECRET") {
+            s.leak_report_secret = Some(k).filter(|k| !k.is_empty());
+        }
         set(&mut s.listen, o.listen.clone());
         set(&mut s.data, o.data.clone());
         if o.nats.is_some() {
@@ -371,6 +383,9 @@ impl Settings {
         }
         if let Some(names) = f.scopes {
             self.scopes = parse_scopes(&names)?;
+        }
+        if let Some(k) = f.leak_report_secret {
+            self.leak_report_secret = Some(k).filter(|k| !k.is_empty());
         }
         let tiers = [f.tiers.free, f.tiers.starter, f.tiers.pro, f.tiers.business];
         for (slot, t) in self.tiers.iter_mut().zip(tiers) {
@@ -455,6 +470,15 @@ impl Settings {
                 key: "SNAPTRACK_ADMIN_TOKEN".into(),
                 reason: format!(
                     "must be at least {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -base64 32`"
+                ),
+            }),
+            _ => Ok(()),
+        }?;
+        match &self.leak_report_secret {
+            Some(k) if k.chars().count() < MIN_ADMIN_TOKEN_LEN => Err(ConfigError::Invalid {
+                key: "leak_report_secret".into(),
+                reason: format!(
+                    "must be at least {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -hex 32`"
                 ),
             }),
             _ => Ok(()),

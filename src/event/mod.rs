@@ -43,12 +43,15 @@ pub struct UserRegisteredV1 {
 }
 
 /// A user's password was changed: says that it was, and the key of the new hash in the
-/// credential store, never the hash.
+/// credential store, never the hash. The user's other sessions end with it, in the same
+/// event, so no node can apply the one without the other.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChanged {
     pub user_id: UserId,
     pub credential_id: String,
+    /// The SHA-256 of each session that ended with the change.
+    pub sessions_ended: Vec<TokenHash>,
 }
 
 /// A user's plan changed (tier, status or end date).
@@ -113,18 +116,47 @@ pub struct TokenRotated {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Why a token was revoked.
+/// Why a token was revoked. New reasons go at the end (the binary form numbers them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
     Revoked,
     Regenerated,
+    /// v2: a leak report found it public (`POST /leaked-tokens`).
+    Leaked,
+}
+
+/// Who revoked a token (v2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokedBy {
+    /// Its owner, through the dashboard.
+    User,
+    /// An operator, through the admin API.
+    Operator,
+    /// A signed leak report.
+    LeakReport,
 }
 
 /// A token stopped being valid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRevoked {
+    pub token_id: TokenId,
+    pub user_id: UserId,
+    pub reason: RevokeReason,
+    /// v2: who; `None` for revocations recorded before v2.
+    pub by: Option<RevokedBy>,
+    /// v2: where a leak report found the token public (`reason: leaked` only).
+    pub url: Option<String>,
+    /// v2: who reported it (the report's `source`, e.g. a code host).
+    pub source: Option<String>,
+}
+
+/// `token_revoked` v1, without who or where: kept as the binary reader of old local logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRevokedV1 {
     pub token_id: TokenId,
     pub user_id: UserId,
     pub reason: RevokeReason,
@@ -230,7 +262,7 @@ impl Event {
     /// the previous version.
     pub fn current_version(kind: &str) -> Option<u32> {
         match kind {
-            "token_issued" | "user_registered" => Some(2),
+            "token_issued" | "user_registered" | "token_revoked" => Some(2),
             _ => TYPES.contains(&kind).then_some(1),
         }
     }

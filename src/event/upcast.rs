@@ -1,6 +1,7 @@
 //! Upcasters: functions from version n to n+1 of one event type, on raw JSON, run before
 //! typed decoding. Built in: `token_issued` v1 → v2 (scopes and allowlists: a v1 token has
-//! every scope, from anywhere) and `user_registered` v1 → v2 (the password hash leaves the
+//! every scope, from anywhere), `token_revoked` v1 → v2 (who, unknown before) and
+//! `user_registered` v1 → v2 (the password hash leaves the
 //! event for the credential store; only its id stays), each with the binary reader of v1.
 //!
 //! A node reads old events with a credential sink ([`Upcasters::with_credential_sink`]): the
@@ -40,6 +41,10 @@ impl Upcasters {
             .with("token_issued", 1, token_issued_v1_to_v2)
             .with_reader("token_issued", 1, |b| {
                 read_postcard::<super::TokenIssuedV1>(b)
+            })
+            .with("token_revoked", 1, token_revoked_v1_to_v2)
+            .with_reader("token_revoked", 1, |b| {
+                read_postcard::<super::TokenRevokedV1>(b)
             })
             .with("user_registered", 1, user_registered_v1_to_v2)
             .with_reader("user_registered", 1, |b| {
@@ -120,6 +125,18 @@ fn token_issued_v1_to_v2(mut v: Value) -> Result<Value, String> {
         .ok_or("token_issued data is not an object")?;
     obj.insert("scopes".into(), Value::Null);
     obj.insert("allowed_ips".into(), Value::Null);
+    Ok(v)
+}
+
+/// `token_revoked` v2 says who revoked the token and, for a leak, where it was found; v1
+/// did not record who (`null`).
+fn token_revoked_v1_to_v2(mut v: Value) -> Result<Value, String> {
+    let obj = v
+        .as_object_mut()
+        .ok_or("token_revoked data is not an object")?;
+    for k in ["by", "url", "source"] {
+        obj.insert(k.into(), Value::Null);
+    }
     Ok(v)
 }
 

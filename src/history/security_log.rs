@@ -58,7 +58,8 @@ fn entry(env: &Envelope, state: &State) -> Option<(UserId, Value)> {
         ),
         Event::TokenRevoked(e) => (
             e.user_id,
-            json!({"token_id": e.token_id, "reason": e.reason}),
+            json!({"token_id": e.token_id, "reason": e.reason, "by": e.by, "url": e.url,
+                   "source": e.source}),
         ),
         Event::LoginSucceeded(e) => (e.user_id, json!({"client_ip": e.client_ip})),
         Event::LoginFailed(e) => (
@@ -66,7 +67,7 @@ fn entry(env: &Envelope, state: &State) -> Option<(UserId, Value)> {
             json!({"client_ip": e.client_ip}),
         ),
         Event::SessionEnded(e) => (e.user_id, json!({})),
-        Event::PasswordChanged(e) => (e.user_id, json!({})),
+        Event::PasswordChanged(e) => (e.user_id, json!({"sessions_ended": e.sessions_ended.len()})),
         Event::UsageRecorded(_) => return None,
     };
     v["type"] = json!(env.event.kind());

@@ -9,7 +9,8 @@ use super::AppState;
 use crate::actors::Execute;
 use crate::command::Command;
 use crate::credentials::{CredentialError, Credentials};
-use crate::domain::{verify_password, Password};
+use crate::domain::{email_key, verify_password, Password, TokenHash};
+use crate::event::Event;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
@@ -38,6 +39,11 @@ pub async fn store_password(
     Ok(id)
 }
 
+/// What the login of an email without an account reads instead of a credential: the same
+/// store round trip, so that an unreachable bucket answers 503 either way (no answer tells
+/// whether an account exists).
+pub const NO_CREDENTIAL: &str = "absent";
+
 /// The hash a credential id names; `None` if the store does not hold it (the caller checks
 /// against the dummy hash then, so the answer takes as long and says as little).
 pub async fn password_hash_of(
@@ -49,7 +55,7 @@ pub async fn password_hash_of(
         .get(credential_id)
         .await
         .map_err(unavailable)?;
-    if found.is_none() {
+    if found.is_none() && credential_id != NO_CREDENTIAL {
         tracing::error!(
             credential_id,
             "a user's credential is missing from the store"
@@ -97,10 +103,17 @@ pub async fn change_password(
     let body = body.into_inner();
     let now = Utc::now().timestamp();
     let ip = client_ip(&req);
+    // Guessing the current password with a stolen session is guessing a login: the same
+    // throttles, per address and per account from any address, counted before the check.
     if let Some(ip) = ip {
         app.login_throttle
             .try_count(ip, now)
             .map_err(|wait| ApiError::retry_after(Code::LoginThrottled, wait))?;
+    }
+    let account = TokenHash::of(&email_key(&s.user.email));
+    if let Err(wait) = app.account_login_throttle.try_count(account, now) {
+        app.login_throttle.forgive(ip, now);
+        return Err(ApiError::retry_after(Code::LoginThrottled, wait));
     }
     let phc = match app.state.credential_of(s.user.id) {
         Some(id) => password_hash_of(&app, &id).await?,
@@ -109,9 +122,17 @@ pub async fn change_password(
     let known = phc.is_some();
     let phc = phc.unwrap_or_else(|| app.dummy_hash.clone());
     if !check_password(&app, body.current_password, phc).await? || !known {
+        // In the security log as any failed sign-in (never the password that was tried).
+        app.writer
+            .send(Execute(Command::RecordLoginFailure {
+                email: s.user.email.clone(),
+                client_ip: ip.map(|i| i.to_string()),
+            }))
+            .await??;
         return Err(ApiError::new(Code::WrongPassword));
     }
     app.login_throttle.forgive(ip, now);
+    app.account_login_throttle.forgive(Some(account), now);
     let min_len = app.settings.min_password_length;
     let words = [s.user.email.clone(), s.user.name.clone()];
     let new = web::block(move || {
@@ -130,9 +151,13 @@ pub async fn change_password(
             keep: Some(s.session),
         }))
         .await??;
+    let ended = envs.iter().find_map(|e| match &e.event {
+        Event::PasswordChanged(p) => Some(p.sessions_ended.len()),
+        _ => None,
+    });
     Ok(HttpResponse::Ok().json(json!({
         "success": true,
-        "sessions_ended": envs.len().saturating_sub(1),
+        "sessions_ended": ended.unwrap_or(0),
     })))
 }
 

@@ -93,7 +93,10 @@ pub async fn login(
             Some(phc) => (Some(id), phc),
             None => (None, app.dummy_hash.clone()),
         },
-        None => (None, app.dummy_hash.clone()),
+        None => {
+            account::password_hash_of(&app, account::NO_CREDENTIAL).await?;
+            (None, app.dummy_hash.clone())
+        }
     };
     let matches = account::check_password(&app, creds.password, phc).await?;
     let client_ip = ip.map(|i| i.to_string());

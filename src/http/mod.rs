@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod leaks;
 pub mod metrics;
 pub mod ops;
 pub mod pages;
@@ -115,6 +116,8 @@ pub struct Application {
     checkpoint: Arc<UsageCheckpoint>,
     /// A snapshot is taken at every clean stop.
     snapshots: Arc<SnapshotStore>,
+    /// Shared (cluster mode) before the stop's snapshot is.
+    credentials: Arc<Credentials>,
     /// The background rounds' gate, closed at a stop before the last round.
     quiesce: Arc<Quiesce>,
     cluster: Option<Arc<Cluster>>,
@@ -170,6 +173,7 @@ pub const ROUTES: &[&str] = &[
     "/dashboard/events",
     "/dashboard/password",
     "/dashboard/sessions/end-all",
+    "/leaked-tokens",
     "/settings/security-log",
     "/admin/users",
     "/admin/users/{id}",
@@ -216,6 +220,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/dashboard/tokens/{id}/usage").route(web::get().to(usage::token_usage)))
         .service(resource("/dashboard/events").route(web::get().to(security_log::events)))
         .service(resource("/dashboard/password").route(web::post().to(account::change_password)))
+        .service(resource("/leaked-tokens").route(web::post().to(leaks::report)))
         .service(
             resource("/dashboard/sessions/end-all")
                 .route(web::post().to(account::end_all_sessions)),
@@ -512,6 +517,11 @@ impl Application {
             rollups,
             security_log,
         } = restore(&settings, log)?;
+        // What old events and snapshots handed over is durable before any new snapshot (which
+        // no longer holds it) can be written.
+        credentials
+            .flush()
+            .map_err(|e| StartError::Other(e.to_string()))?;
         let (writer, cluster, tasks) = match connected {
             Some((bus, verifier)) => {
                 let cluster = Arc::new(Cluster::new(
@@ -523,21 +533,10 @@ impl Application {
                     settings.trust.unsigned_through,
                 ));
                 let mut tasks = replicator::start(cluster.clone(), state.clone(), log.clone());
-                let shared = credentials.clone();
-                tasks.push(tokio::spawn(async move {
-                    match shared.share_legacy().await {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::info!(credentials = n, "shared the credentials of old events")
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot share the credentials of old events")
-                        }
-                    }
-                }));
                 tasks.push(tokio::spawn(crate::cluster::shared::share_periodically(
                     cluster.clone(),
                     snapshots.clone(),
+                    credentials.clone(),
                 )));
                 let writer = Writer::clustered(state.clone(), log.clone(), cluster.clone()).start();
                 (writer, Some(cluster), tasks)
@@ -709,6 +708,7 @@ impl Application {
             state,
             checkpoint,
             snapshots,
+            credentials,
             quiesce,
             cluster,
             tasks,
@@ -801,7 +801,12 @@ impl Application {
         }
         if let Some(c) = &self.cluster {
             let mut shared = 0;
-            let share = crate::cluster::shared::share_newest(c, &self.snapshots, &mut shared);
+            let share = crate::cluster::shared::share_newest(
+                c,
+                &self.snapshots,
+                &self.credentials,
+                &mut shared,
+            );
             match tokio::time::timeout(std::time::Duration::from_secs(5), share).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "snapshot not shared at shutdown"),

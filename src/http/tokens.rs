@@ -179,7 +179,10 @@ pub async fn revoke(
 /// The revocation barrier: which nodes have applied `envs`, and which have not yet. In
 /// embedded mode this node is the only node, and it applied the events before the writer
 /// replied.
-async fn propagate(app: &AppState, envs: &[crate::event::Envelope]) -> (Vec<String>, Vec<String>) {
+pub(super) async fn propagate(
+    app: &AppState,
+    envs: &[crate::event::Envelope],
+) -> (Vec<String>, Vec<String>) {
     match (&app.cluster, envs.last()) {
         (Some(c), Some(last)) => c.barrier(last.seq).await,
         _ => (vec![app.settings.node_id.clone()], vec![]),

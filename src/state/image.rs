@@ -7,7 +7,7 @@
 //! not RFC 3339 strings: a million tokens' worth of dates must decode in milliseconds.
 
 use super::ratelimit::BucketImage;
-use super::{LiveToken, Session, State, TokenRecord, UserView};
+use super::{LiveToken, Revocation, Session, State, TokenRecord, UserView};
 use crate::domain::restrictions::Restrictions;
 use crate::domain::{Subscription, TokenHash, TokenId, UserId};
 use chrono::{DateTime, TimeZone, Utc};
@@ -68,6 +68,8 @@ pub struct RecordImage {
     pub scopes: Option<Vec<String>>,
     pub allowed_ips: Option<Vec<String>>,
     pub replaced_by: Option<TokenId>,
+    /// Why and by whom it was revoked (format 3).
+    pub revocation: Option<Revocation>,
 }
 
 /// One user's tokens that will end by time and those that ended (see `retention`).
@@ -145,6 +147,7 @@ impl State {
                 scopes: r.restrictions.as_ref().and_then(|x| x.scope_names()),
                 allowed_ips: r.restrictions.as_ref().and_then(|x| x.ip_strings()),
                 replaced_by: r.replaced_by,
+                revocation: r.revocation.as_deref().cloned(),
             })
             .collect();
         let mut sessions: Vec<(TokenHash, UserId, Ts)> = self
@@ -281,6 +284,7 @@ impl State {
                     requests: r.requests,
                     restrictions: restricted.get(&r.hash).cloned(),
                     replaced_by: r.replaced_by,
+                    revocation: r.revocation.map(Box::new),
                 });
             }
             d.session_expiry.extend(

@@ -81,6 +81,18 @@ pub struct TokenRecord {
     /// Regenerated with a grace period: the token issued in its place (it stops at
     /// `expires_at`).
     pub replaced_by: Option<TokenId>,
+    /// Why and by whom it was revoked (`null` while it is not).
+    pub revocation: Option<Box<Revocation>>,
+}
+
+/// What a `token_revoked` said: why, who, and for a leak where it was found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revocation {
+    pub reason: crate::event::RevokeReason,
+    /// `None` for revocations recorded before `token_revoked` v2.
+    pub by: Option<crate::event::RevokedBy>,
+    pub url: Option<String>,
+    pub source: Option<String>,
 }
 
 /// A record's restrictions as two fields of the list entry.
@@ -305,6 +317,7 @@ impl State {
                     requests: 0,
                     restrictions,
                     replaced_by: None,
+                    revocation: None,
                 });
                 self.forget(&mut d, gone);
             }
@@ -349,6 +362,12 @@ impl State {
                     let newly = rec.revoked_at.is_none();
                     if newly {
                         rec.revoked_at = Some(occurred_at);
+                        rec.revocation = Some(Box::new(Revocation {
+                            reason: e.reason,
+                            by: e.by,
+                            url: e.url,
+                            source: e.source,
+                        }));
                     }
                     let (hash, user, expires_at) = (rec.hash, rec.user_id, rec.expires_at);
                     let tokens = self.tokens.pin();
@@ -409,10 +428,14 @@ impl State {
                 }
             }
             Event::PasswordChanged(e) => {
-                self.directory
-                    .write()
-                    .credential_ids
-                    .insert(e.user_id, e.credential_id);
+                let mut d = self.directory.write();
+                d.credential_ids.insert(e.user_id, e.credential_id);
+                let sessions = self.sessions.pin();
+                for hash in e.sessions_ended {
+                    if let Some(s) = sessions.remove(&hash) {
+                        d.session_expiry.remove(&(s.expires_at, hash));
+                    }
+                }
             }
         }
         self.applied_seq.store(seq, Ordering::Release);

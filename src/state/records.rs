@@ -163,6 +163,7 @@ mod tests {
             requests: 0,
             restrictions: None,
             replaced_by: None,
+            revocation: None,
         }
     }
 

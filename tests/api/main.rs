@@ -11,6 +11,7 @@ mod hardening;
 mod helpers;
 mod history;
 mod hostile;
+mod leaks;
 mod nats;
 mod nats_auth;
 mod ops;

@@ -37,6 +37,9 @@ fn crash_child() {
                         token_id: TokenId::new(),
                         user_id: UserId(w + 1),
                         reason: RevokeReason::Revoked,
+                        by: None,
+                        url: None,
+                        source: None,
                     });
                     let envs = log.append(vec![e], "child", chrono::Utc::now()).unwrap();
                     log.wait_durable(envs[0].seq).await.unwrap();

@@ -11,6 +11,9 @@ fn event(i: u64) -> Event {
         token_id: TokenId::new(),
         user_id: UserId(i + 1),
         reason: RevokeReason::Revoked,
+        by: None,
+        url: None,
+        source: None,
     })
 }
 

@@ -4,6 +4,7 @@
 //!
 //! - format 1 (before token restrictions): every token unrestricted and none replaced,
 //!   exactly what a replay of that log gives;
+//! - formats 1 and 2 hold no revocation details (who, why), as `token_revoked` v1 did not;
 //! - formats 1 and 2 held each user's password hash: it leaves the image for the credential
 //!   store (returned beside it), under the id the upcaster of `user_registered` v1 gives.
 
@@ -42,6 +43,45 @@ struct RecordImageV1 {
     requests: u64,
 }
 
+/// A token record as format 2 held it: no revocation details.
+#[derive(Deserialize)]
+struct RecordImageV2 {
+    id: TokenId,
+    user_id: UserId,
+    name: String,
+    hint: String,
+    hash: TokenHash,
+    created_at: Ts,
+    last_used_at: Option<Ts>,
+    expires_at: Option<Ts>,
+    revoked_at: Option<Ts>,
+    requests: u64,
+    scopes: Option<Vec<String>>,
+    allowed_ips: Option<Vec<String>>,
+    replaced_by: Option<TokenId>,
+}
+
+impl From<RecordImageV2> for RecordImage {
+    fn from(r: RecordImageV2) -> Self {
+        RecordImage {
+            id: r.id,
+            user_id: r.user_id,
+            name: r.name,
+            hint: r.hint,
+            hash: r.hash,
+            created_at: r.created_at,
+            last_used_at: r.last_used_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+            requests: r.requests,
+            scopes: r.scopes,
+            allowed_ips: r.allowed_ips,
+            replaced_by: r.replaced_by,
+            revocation: None,
+        }
+    }
+}
+
 impl From<RecordImageV1> for RecordImage {
     fn from(r: RecordImageV1) -> Self {
         RecordImage {
@@ -58,6 +98,7 @@ impl From<RecordImageV1> for RecordImage {
             scopes: None,
             allowed_ips: None,
             replaced_by: None,
+            revocation: None,
         }
     }
 }
@@ -124,7 +165,7 @@ pub fn decode_format1(body: &[u8]) -> Result<(Image, Legacy), postcard::Error> {
 
 /// Today's image from a format-2 body, and the hashes it held.
 pub fn decode_format2(body: &[u8]) -> Result<(Image, Legacy), postcard::Error> {
-    Ok(postcard::from_bytes::<OldImage<RecordImage>>(body)?.into_current())
+    Ok(postcard::from_bytes::<OldImage<RecordImageV2>>(body)?.into_current())
 }
 
 #[cfg(test)]

@@ -29,7 +29,8 @@ const MAGIC: &[u8; 8] = b"SNAPTRKS";
 /// The format this binary writes.
 ///
 /// 2: token records carry scopes, allowlists and the token that replaced them.
-/// 3: users carry the id of their credential, not the password hash.
+/// 3: users carry the id of their credential, not the password hash; revoked tokens why
+///    and by whom.
 pub const FORMAT: u32 = 3;
 /// The older formats it still reads ([`legacy`]), so that a node seeded from a snapshot
 /// restarts on a new binary. Any other format is passed over with a warning.
