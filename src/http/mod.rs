@@ -175,6 +175,7 @@ pub const ROUTES: &[&str] = &[
     "/dashboard/sessions/end-all",
     "/leaked-tokens",
     "/settings/security-log",
+    "/settings/account",
     "/admin/users",
     "/admin/users/{id}",
     "/admin/users/{id}/subscription",
@@ -226,6 +227,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(account::end_all_sessions)),
         )
         .service(resource("/settings/security-log").route(web::get().to(pages::security_log_page)))
+        .service(resource("/settings/account").route(web::get().to(pages::account_page)))
         .service(resource("/admin/users").route(web::post().to(admin::create_user)))
         .service(resource("/admin/users/{id}").route(web::get().to(admin::get_user)))
         .service(

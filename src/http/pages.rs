@@ -12,6 +12,7 @@ const CSS: &str = include_str!("assets/app.css");
 const LOGIN_JS: &str = include_str!("assets/login.js");
 const API_KEYS_JS: &str = include_str!("assets/api-keys.js");
 const SECURITY_LOG_JS: &str = include_str!("assets/security-log.js");
+const ACCOUNT_JS: &str = include_str!("assets/account.js");
 
 /// Allows this origin's scripts, styles and fetches, nothing else; no framing.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -96,7 +97,7 @@ fn settings_header(user: &crate::state::UserView, current: &str) -> String {
     format!(
         r#"<header class="top"><div class="bar">
 <a class="logo" href="/settings/api-keys">Snap<span>Track</span></a>
-<nav>{keys} {log}</nav>
+<nav>{keys} {log} {account}</nav>
 <span class="spacer"></span>
 <span class="who">{name} · {email}</span>
 <button type="button" class="secondary small" id="logout">Log out</button>
@@ -104,6 +105,7 @@ fn settings_header(user: &crate::state::UserView, current: &str) -> String {
 "#,
         keys = link("/settings/api-keys", "API Keys"),
         log = link("/settings/security-log", "Security log"),
+        account = link("/settings/account", "Account"),
         name = escape(&user.name),
         email = escape(&user.email),
     )
@@ -229,6 +231,40 @@ pub async fn security_log_page(req: HttpRequest) -> HttpResponse {
     page("Security log", &body, "security-log.js")
 }
 
+/// `GET /settings/account`: change password, log out everywhere.
+pub async fn account_page(req: HttpRequest) -> HttpResponse {
+    let Some(s) = SessionUser::from_cookie(&req) else {
+        return redirect("/login");
+    };
+    let body = format!(
+        r#"{header}<main>
+<div class="crumbs">Settings</div>
+<h1>Account</h1>
+<section class="card">
+<h2>Change password</h2>
+<form id="password-form" class="stack" novalidate>
+<label for="current-password">Current password</label>
+<input id="current-password" name="current_password" type="password" autocomplete="current-password" required>
+<label for="new-password">New password</label>
+<input id="new-password" name="new_password" type="password" autocomplete="new-password" required aria-describedby="new-password-help">
+<small id="new-password-help">Long and not easy to guess. Your other sessions are signed out.</small>
+<button type="submit" id="change-password">Change password</button>
+</form>
+<p id="password-status" class="ok" role="status" aria-live="polite"></p>
+<p id="password-error" class="error" role="alert"></p>
+</section>
+<section class="card">
+<h2>Sessions</h2>
+<p class="muted">Signs you out on every device and browser, this one included.</p>
+<button type="button" class="danger" id="end-all">Log out everywhere</button>
+<p id="sessions-error" class="error" role="alert"></p>
+</section>
+</main>"#,
+        header = settings_header(&s.user, "/settings/account"),
+    );
+    page("Account", &body, "account.js")
+}
+
 /// `GET /assets/{name}`: the embedded CSS and scripts.
 pub async fn asset(name: web::Path<String>) -> HttpResponse {
     let (body, ctype) = match name.as_str() {
@@ -236,6 +272,7 @@ pub async fn asset(name: web::Path<String>) -> HttpResponse {
         "login.js" => (LOGIN_JS, "text/javascript; charset=utf-8"),
         "api-keys.js" => (API_KEYS_JS, "text/javascript; charset=utf-8"),
         "security-log.js" => (SECURITY_LOG_JS, "text/javascript; charset=utf-8"),
+        "account.js" => (ACCOUNT_JS, "text/javascript; charset=utf-8"),
         _ => return super::error::ApiError::new(super::error::Code::NotFound).into_response(),
     };
     HttpResponse::Ok()

@@ -1,12 +1,15 @@
 //! The dashboard in a real browser: headless Chromium driven over WebDriver (chromedriver,
 //! fantoccini). Log in, generate a token, read it from the page, use it over HTTP, revoke it
-//! in the page with the confirmation, see the 401, reload and see it revoked. Saves a
+//! in the page with the confirmation, see the 401, reload and see it revoked; a leak report
+//! revokes another and the page says where it was found; the security log lists it all;
+//! change the password and log out everywhere in Settings → Account. Saves a
 //! screenshot of the API Keys page to `target/screenshots/api-keys.png`
 //! (`scripts/screenshot` copies it to `docs/api-keys.png` for the README).
 
 use crate::helpers::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::StatusCode;
+use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -119,9 +122,9 @@ async fn path(c: &Client) -> String {
 
 #[tokio::test]
 async fn log_in_generate_use_revoke_in_a_real_browser() {
-    let app = spawn_app_with_config(
-        "scopes = [\"websites:read\", \"websites:write\", \"reports:read\"]\n",
-    )
+    let app = spawn_app_with_config(&format!(
+        "scopes = [\"websites:read\", \"websites:write\", \"reports:read\"]\nleak_report_secret = \"{LEAK_SECRET}\"\n"
+    ))
     .await;
     app.create_user("john@example.com", "pro").await;
     let b = browser().await;
@@ -320,6 +323,34 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
     assert!(!source.contains(&token), "the token is never shown again");
     assert!(!source.contains(&token[5..45]));
 
+    // A token found public: the scanner's signed report revokes it, and the page says where.
+    let r = app.generate(&cookie, &json!({"name": "leaky"})).await;
+    let leaky = body(r).await["token"].as_str().unwrap().to_owned();
+    let url = "https://github.com/octo/app/blob/main/.env";
+    let report = serde_json::to_vec(&json!([{"token": leaky, "type": "snaptrack_api_token",
+        "url": url, "source": "github"}]))
+    .unwrap();
+    let r = app
+        .client
+        .post(format!("{}/leaked-tokens", app.url))
+        .header("X-Snaptrack-Signature", leak_signature(&report))
+        .body(report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await[0]["label"], "true_positive");
+    assert_eq!(
+        app.get_test(&leaky).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    c.refresh().await.unwrap();
+    until("the leak in the list", || async {
+        text(c, "#tokens-body")
+            .await
+            .contains(&format!("revoked: found public at {url}"))
+    })
+    .await;
+
     // Settings → Security log lists the failed and the good sign-in and the token's life.
     click(c, "a[href='/settings/security-log']").await;
     until("the security log", || async {
@@ -328,18 +359,90 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
             && t.contains("Token generated")
             && t.contains("Token regenerated")
             && t.contains("Signed in")
+            && t.contains(&format!("found public at {url}"))
     })
     .await;
     assert!(text(c, "#events-body").await.contains("Failed sign-in"));
     assert!(text(c, "#events-body").await.contains("laptop"));
     std::fs::write(dir.join("security-log.png"), c.screenshot().await.unwrap()).unwrap();
 
-    // Log out: the page is closed again.
+    // Log out: the page is closed again. Then log in once more.
     click(c, "#logout").await;
     until("the login page", || async { path(c).await == "/login" }).await;
     c.goto(&format!("{}/settings/api-keys", app.url))
         .await
         .unwrap();
     assert_eq!(path(c).await, "/login");
+    type_into(c, "#email", "john@example.com").await;
+    type_into(c, "#password", PASSWORD).await;
+    click(c, "#login-form button").await;
+    until("the API keys page", || async {
+        path(c).await == "/settings/api-keys"
+    })
+    .await;
+
+    // Settings → Account: change the password (a wrong current one is refused in the page),
+    // then log out everywhere.
+    click(c, "a[href='/settings/account']").await;
+    until("the account page", || async {
+        path(c).await == "/settings/account"
+    })
+    .await;
+    type_into(c, "#current-password", "not my password").await;
+    type_into(c, "#new-password", NEW_PASSWORD).await;
+    click(c, "#change-password").await;
+    until("the refusal", || async {
+        text(c, "#password-error")
+            .await
+            .contains("current password is wrong")
+    })
+    .await;
+    c.find(Locator::Css("#current-password"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    c.find(Locator::Css("#new-password"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    type_into(c, "#current-password", PASSWORD).await;
+    type_into(c, "#new-password", NEW_PASSWORD).await;
+    click(c, "#change-password").await;
+    until("the change", || async {
+        text(c, "#password-status")
+            .await
+            .contains("Password changed")
+    })
+    .await;
+    std::fs::write(dir.join("account.png"), c.screenshot().await.unwrap()).unwrap();
+    // The session of the HTTP calls above ended with it; the page's stays.
+    assert_eq!(
+        app.list_tokens(&cookie).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login("john@example.com", NEW_PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    click(c, "#end-all").await;
+    until("the login page", || async { path(c).await == "/login" }).await;
+    c.goto(&format!("{}/settings/account", app.url))
+        .await
+        .unwrap();
+    assert_eq!(path(c).await, "/login", "logged out everywhere");
     b.client.clone().close().await.unwrap();
+}
+
+const LEAK_SECRET: &str = "browser-test-leak-secret-0123456789";
+const NEW_PASSWORD: &str = "an entirely new passphrase for john 5512";
+
+fn leak_signature(body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(LEAK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }

@@ -29,6 +29,15 @@ function status(t) {
   return "active";
 }
 
+function revocation(t) {
+  const r = t.revocation;
+  if (!r) return "";
+  if (r.reason === "leaked") return "revoked: found public at " + (r.url || "an unknown address");
+  if (r.reason === "regenerated") return "replaced by a regenerated token";
+  if (r.by === "operator") return "by an operator";
+  return "";
+}
+
 // What the token may do: its scopes and where from.
 function access(t) {
   const scopes = t.scopes ? t.scopes.join(", ") : "all scopes";
@@ -80,6 +89,14 @@ async function refresh() {
     badge.textContent = st;
     const stCell = document.createElement("td");
     stCell.append(badge);
+    // Who revoked it, and for a leak report where the token was found.
+    const why = revocation(t);
+    if (why) {
+      const note = document.createElement("small");
+      note.className = "revocation";
+      note.textContent = why;
+      stCell.append(" ", note);
+    }
     const actions = document.createElement("td");
     actions.className = "actions";
     actions.append(button("Usage", "secondary small usage", () => toggleUsage(t, tr)));

@@ -12,7 +12,10 @@ const LABELS = {
   login_succeeded: "Signed in",
   login_failed: "Failed sign-in",
   session_ended: "Signed out",
+  password_changed: "Password changed",
 };
+
+const BY = { user: "by you", operator: "by an operator", leak_report: "by a leak report" };
 
 function details(e) {
   switch (e.type) {
@@ -23,7 +26,14 @@ function details(e) {
     case "token_rotated":
       return "the old token stops at " + new Date(e.expires_at).toLocaleString() + " · " + e.token_id;
     case "token_revoked":
-      return (e.reason === "regenerated" ? "replaced by a regenerated token" : "revoked") + " · " + e.token_id;
+      if (e.reason === "leaked") {
+        return "revoked: found public at " + (e.url || "an unknown address") +
+          (e.source ? " (reported by " + e.source + ")" : "") + " · " + e.token_id;
+      }
+      return (e.reason === "regenerated" ? "replaced by a regenerated token" : "revoked") +
+        (BY[e.by] ? " " + BY[e.by] : "") + " · " + e.token_id;
+    case "password_changed":
+      return e.sessions_ended ? e.sessions_ended + " other session(s) signed out" : "";
     case "login_succeeded":
     case "login_failed":
       return e.client_ip ? "from " + e.client_ip : "";
