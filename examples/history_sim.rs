@@ -5,14 +5,17 @@
 //!
 //! ```text
 //! history_sim DATA_DIR [--days 30] [--users 100000] [--tokens 1000000] [--rate 1000]
-//!             [--active 5000] [--churn 1000] [--logins 5000]
+//!             [--active 5000] [--churn 1000] [--logins 5000] [--spread 3] [--password P]
 //! ```
 //!
 //! Day 0 registers USERS users and issues TOKENS tokens among them. Then, every simulated hour,
 //! RATE requests a second (RATE × 3600 an hour) are spread over ACTIVE users (drawn at random
 //! each hour) and up to 3 tokens each; each active user gets the one usage record a node
 //! writes per user per hour, whatever the request rate. Every day also brings CHURN token
-//! regenerations (a revoke and an issue) and LOGINS dashboard logins.
+//! regenerations (a revoke and an issue) and LOGINS dashboard logins. SPREAD: how many of an
+//! active user's tokens an hour's requests may go to. PASSWORD: every simulated user's password
+//! (stored in the credential store, so the dashboard can be logged in to; without it no
+//! password works).
 
 use rand::{Rng, SeedableRng};
 use snaptrack_auth::actors::Writer;
@@ -37,6 +40,8 @@ struct Args {
     active: u64,
     churn: u64,
     logins: u64,
+    spread: u64,
+    password: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -49,6 +54,8 @@ fn parse() -> Result<Args, String> {
         active: 5000,
         churn: 1000,
         logins: 5000,
+        spread: 3,
+        password: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,6 +72,8 @@ fn parse() -> Result<Args, String> {
             "--active" => a.active = num("--active")?,
             "--churn" => a.churn = num("--churn")?,
             "--logins" => a.logins = num("--logins")?,
+            "--spread" => a.spread = num("--spread")?.max(1),
+            "--password" => a.password = Some(it.next().ok_or("--password needs a value")?),
             d if !d.starts_with("--") && a.dir.is_empty() => a.dir = d.to_owned(),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -81,6 +90,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = std::path::Path::new(&a.dir);
     let log = Arc::new(SledLog::open(data)?);
     log.set_meta("mode", "embedded")?;
+    if let Some(p) = &a.password {
+        let phc = snaptrack_auth::domain::Password::parse(p, 0, &[])
+            .map_err(|e| e.to_string())?
+            .hash()
+            .map_err(|e| e.to_string())?;
+        let creds = log.tree("credentials")?;
+        creds.insert("c0ffee", phc.as_bytes())?;
+        creds.flush()?;
+    }
     let state = Arc::new(State::new("n1"));
     let writer = Writer::new(state.clone(), log.clone(), "n1".into());
     let history = History::default();
@@ -169,7 +187,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if mine.is_empty() {
                     continue;
                 }
-                let used = rng.gen_range(1..=3.min(mine.len()));
+                let used = rng.gen_range(1..=(a.spread as usize).min(mine.len()));
                 let mut tallies = Vec::new();
                 for k in 0..used {
                     let id = mine[rng.gen_range(0..mine.len())];
