@@ -200,6 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         token_id: id,
                         requests: share as u32,
                         last_used_at: start + chrono::Duration::seconds(rng.gen_range(0..3600)),
+                        last_ip: Some("203.0.113.7".into()),
                     });
                 }
                 let requests: u32 = tallies.iter().map(|t| t.requests).sum();

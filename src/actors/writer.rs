@@ -156,10 +156,7 @@ impl Handler<FlushUsage> for Writer {
                 msg.periods,
             ));
         }
-        let usage = self
-            .state
-            .rate_limits
-            .drain(Utc::now().timestamp(), msg.periods);
+        let usage = self.state.drain_usage(Utc::now().timestamp(), msg.periods);
         if usage.is_empty() {
             return Box::pin(async { Ok(0) });
         }
@@ -193,7 +190,7 @@ async fn flush_clustered(
     periods: bool,
 ) -> Result<usize, WriteError> {
     let _turn = cluster.writer_turn.lock().await;
-    let usage = state.rate_limits.drain(Utc::now().timestamp(), periods);
+    let usage = state.drain_usage(Utc::now().timestamp(), periods);
     if usage.is_empty() {
         return Ok(0);
     }

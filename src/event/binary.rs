@@ -171,7 +171,7 @@ mod tests {
             matches!(err, DecodeError::UnknownType { seq: 4, .. }),
             "{err}"
         );
-        for version in [0, 2] {
+        for version in [0, 3] {
             let bin = with_header(&env, 3, version);
             let err = Envelope::decode_binary(&bin, 4, &Upcasters::builtin()).unwrap_err();
             assert!(

@@ -344,12 +344,12 @@ mod tests {
 
     #[test]
     fn fast_and_general_paths_decode_the_same() {
-        let json = br#"{"event_id":"00000000-0000-4000-8000-000000000003","seq":3,"occurred_at":"2024-01-27T16:00:00.25Z","node_id":"n1","type":"token_revoked","version":1,"data":{"token_id":"6f1c1a52-5d8e-4a3c-9a53-2f3c8f0b9e11","user_id":1,"reason":"revoked"}}"#;
+        let json = br#"{"event_id":"00000000-0000-4000-8000-000000000003","seq":3,"occurred_at":"2024-01-27T16:00:00.25Z","node_id":"n1","type":"token_revoked","version":2,"data":{"token_id":"6f1c1a52-5d8e-4a3c-9a53-2f3c8f0b9e11","user_id":1,"reason":"revoked","by":null,"url":null,"source":null}}"#;
         let fast = serde_json::from_slice::<FastEnvelope>(json).unwrap().0;
         let general = Envelope::decode_general(json, 3, &Upcasters::builtin()).unwrap();
         assert_eq!(fast, general);
         // Data before type: the general path still decodes it.
-        let reordered = br#"{"data":{"token_id":"6f1c1a52-5d8e-4a3c-9a53-2f3c8f0b9e11","user_id":1,"reason":"revoked"},"event_id":"00000000-0000-4000-8000-000000000003","seq":3,"occurred_at":"2024-01-27T16:00:00.25Z","node_id":"n1","type":"token_revoked","version":1}"#;
+        let reordered = br#"{"data":{"token_id":"6f1c1a52-5d8e-4a3c-9a53-2f3c8f0b9e11","user_id":1,"reason":"revoked","by":null,"url":null,"source":null},"event_id":"00000000-0000-4000-8000-000000000003","seq":3,"occurred_at":"2024-01-27T16:00:00.25Z","node_id":"n1","type":"token_revoked","version":2}"#;
         assert!(serde_json::from_slice::<FastEnvelope>(reordered).is_err());
         assert_eq!(Envelope::decode(reordered, 3).unwrap(), general);
     }

@@ -169,6 +169,28 @@ pub struct TokenUsage {
     pub token_id: TokenId,
     pub requests: u32,
     pub last_used_at: DateTime<Utc>,
+    /// v2: the client address of the token's last use the node saw (`None`: not known).
+    pub last_ip: Option<String>,
+}
+
+/// `usage_recorded` v1's token share, without the address: kept for the binary reader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenUsageV1 {
+    pub token_id: TokenId,
+    pub requests: u32,
+    pub last_used_at: DateTime<Utc>,
+}
+
+/// `usage_recorded` v1: kept as the binary reader of old local logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecordedV1 {
+    pub user_id: UserId,
+    pub window_start: i64,
+    pub window_secs: u32,
+    pub requests: u32,
+    pub tokens: Vec<TokenUsageV1>,
 }
 
 /// Requests a node admitted for one user in one rate-limit window since its last flush.
@@ -262,7 +284,7 @@ impl Event {
     /// the previous version.
     pub fn current_version(kind: &str) -> Option<u32> {
         match kind {
-            "token_issued" | "user_registered" | "token_revoked" => Some(2),
+            "token_issued" | "user_registered" | "token_revoked" | "usage_recorded" => Some(2),
             _ => TYPES.contains(&kind).then_some(1),
         }
     }

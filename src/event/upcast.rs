@@ -1,6 +1,7 @@
 //! Upcasters: functions from version n to n+1 of one event type, on raw JSON, run before
 //! typed decoding. Built in: `token_issued` v1 → v2 (scopes and allowlists: a v1 token has
-//! every scope, from anywhere), `token_revoked` v1 → v2 (who, unknown before) and
+//! every scope, from anywhere), `token_revoked` v1 → v2 (who, unknown before),
+//! `usage_recorded` v1 → v2 (each token's last address, unknown before) and
 //! `user_registered` v1 → v2 (the password hash leaves the
 //! event for the credential store; only its id stays), each with the binary reader of v1.
 //!
@@ -45,6 +46,10 @@ impl Upcasters {
             .with("token_revoked", 1, token_revoked_v1_to_v2)
             .with_reader("token_revoked", 1, |b| {
                 read_postcard::<super::TokenRevokedV1>(b)
+            })
+            .with("usage_recorded", 1, usage_recorded_v1_to_v2)
+            .with_reader("usage_recorded", 1, |b| {
+                read_postcard::<super::UsageRecordedV1>(b)
             })
             .with("user_registered", 1, user_registered_v1_to_v2)
             .with_reader("user_registered", 1, |b| {
@@ -136,6 +141,21 @@ fn token_revoked_v1_to_v2(mut v: Value) -> Result<Value, String> {
         .ok_or("token_revoked data is not an object")?;
     for k in ["by", "url", "source"] {
         obj.insert(k.into(), Value::Null);
+    }
+    Ok(v)
+}
+
+/// `usage_recorded` v2 gives each token's share the address of its last use; v1 did not
+/// record it (`null`).
+fn usage_recorded_v1_to_v2(mut v: Value) -> Result<Value, String> {
+    let tokens = v
+        .get_mut("tokens")
+        .and_then(Value::as_array_mut)
+        .ok_or("usage_recorded without tokens")?;
+    for t in tokens {
+        t.as_object_mut()
+            .ok_or("a token share is not an object")?
+            .insert("last_ip".into(), Value::Null);
     }
     Ok(v)
 }

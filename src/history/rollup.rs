@@ -241,6 +241,7 @@ mod tests {
                 token_id: token,
                 requests,
                 last_used_at: chrono::Utc.timestamp_opt(at, 0).unwrap(),
+                last_ip: None,
             }],
         })
     }

@@ -70,6 +70,8 @@ pub struct RecordImage {
     pub replaced_by: Option<TokenId>,
     /// Why and by whom it was revoked (format 3).
     pub revocation: Option<Revocation>,
+    /// Where it was last used from (format 3).
+    pub last_used_from: Option<std::net::IpAddr>,
 }
 
 /// One user's tokens that will end by time and those that ended (see `retention`).
@@ -148,6 +150,7 @@ impl State {
                 allowed_ips: r.restrictions.as_ref().and_then(|x| x.ip_strings()),
                 replaced_by: r.replaced_by,
                 revocation: r.revocation.as_deref().cloned(),
+                last_used_from: r.last_used_from,
             })
             .collect();
         let mut sessions: Vec<(TokenHash, UserId, Ts)> = self
@@ -285,6 +288,7 @@ impl State {
                     restrictions: restricted.get(&r.hash).cloned(),
                     replaced_by: r.replaced_by,
                     revocation: r.revocation.map(Box::new),
+                    last_used_from: r.last_used_from,
                 });
             }
             d.session_expiry.extend(

@@ -9,12 +9,14 @@
 //!   held for map operations, never across an `.await`.
 
 pub mod image;
+mod last_seen;
 mod ratelimit;
 mod records;
 pub mod retention;
 mod verify;
 
 pub use image::Image;
+pub use last_seen::LastSeen;
 pub use ratelimit::{BucketImage, RateInfo, RateLimits, WindowImage};
 pub use records::TokenRecords;
 pub use verify::{Ask, Denied, RequiredScope, TierTable, Verified};
@@ -75,6 +77,8 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Requests counted by `usage_recorded` events.
     pub requests: u64,
+    /// The client address of its last use (`usage_recorded` v2, or this node's own view).
+    pub last_used_from: Option<std::net::IpAddr>,
     /// Lists show `scopes` and `allowed_ips` (`null`: every scope, from anywhere).
     #[serde(flatten, serialize_with = "restrictions_fields")]
     pub restrictions: Option<Arc<Restrictions>>,
@@ -156,6 +160,8 @@ pub struct State {
     /// User id → profile and plan. Replaced whole (an `Arc`) when the plan changes.
     pub users: papaya::HashMap<UserId, Arc<UserView>>,
     pub rate_limits: RateLimits,
+    /// Where each token was last used from (this node's view; see [`LastSeen`]).
+    pub last_seen: LastSeen,
     /// Session hash → session.
     pub sessions: papaya::HashMap<TokenHash, Session, RandomKeys>,
     /// First 8 bytes of the hashes of tokens that left memory (see [`retention`]): a check
@@ -180,6 +186,7 @@ impl State {
             tokens: papaya::HashMap::builder().hasher(RandomKeys).build(),
             users: papaya::HashMap::new(),
             rate_limits: RateLimits::default(),
+            last_seen: LastSeen::default(),
             sessions: papaya::HashMap::builder().hasher(RandomKeys).build(),
             evicted: papaya::HashSet::new(),
             directory: RwLock::new(Directory::default()),
@@ -318,6 +325,7 @@ impl State {
                     restrictions,
                     replaced_by: None,
                     revocation: None,
+                    last_used_from: None,
                 });
                 self.forget(&mut d, gone);
             }
@@ -393,6 +401,10 @@ impl State {
                     for t in &e.tokens {
                         if let Some(rec) = d.token_records.get_mut(&t.token_id) {
                             rec.requests += u64::from(t.requests);
+                            let newest = rec.last_used_at.is_none_or(|l| t.last_used_at >= l);
+                            if let (true, Some(ip)) = (newest, t.last_ip.as_deref()) {
+                                rec.last_used_from = ip.parse().ok().or(rec.last_used_from);
+                            }
                             rec.last_used_at = rec.last_used_at.max(Some(t.last_used_at));
                         }
                     }
@@ -452,6 +464,7 @@ impl State {
         for id in gone {
             if let Some(rec) = d.token_records.remove(&id) {
                 tokens.remove(&rec.hash);
+                self.last_seen.forget(id);
                 evicted.insert(rec.hash.prefix());
             }
         }
@@ -533,7 +546,33 @@ impl State {
                 rec.last_used_at = rec.last_used_at.max(at);
             }
         }
+        // What this node saw since the last record: a newer use, and where from.
+        for rec in &mut out {
+            if let Some((at, ip)) = self.last_seen.get(rec.id) {
+                let at = chrono::TimeZone::timestamp_opt(&Utc, at, 0).single();
+                if at >= rec.last_used_at {
+                    rec.last_used_at = at;
+                    rec.last_used_from = Some(ip);
+                }
+            }
+        }
         out
+    }
+
+    /// The usage records due (see `RateLimits::drain`), each token's tally with the address
+    /// this node last saw it used from, when that use is the tally's last or later.
+    pub fn drain_usage(&self, now: i64, periods: bool) -> Vec<crate::event::UsageRecorded> {
+        let mut usage = self.rate_limits.drain(now, periods);
+        for record in &mut usage {
+            for t in &mut record.tokens {
+                if let Some((at, ip)) = self.last_seen.get(t.token_id) {
+                    if at >= t.last_used_at.timestamp() {
+                        t.last_ip = Some(ip.to_string());
+                    }
+                }
+            }
+        }
+        usage
     }
 
     /// How many of a user's tokens are neither revoked nor expired at `now`.

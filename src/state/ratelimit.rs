@@ -607,6 +607,7 @@ fn to_usage(tallies: Vec<(TokenId, u32, i64)>) -> Vec<TokenUsage> {
             token_id,
             requests,
             last_used_at: Utc.timestamp_opt(last, 0).single().unwrap_or_default(),
+            last_ip: None,
         })
         .collect()
 }

@@ -164,6 +164,7 @@ mod tests {
             restrictions: None,
             replaced_by: None,
             revocation: None,
+            last_used_from: None,
         }
     }
 

@@ -148,6 +148,9 @@ impl State {
             .rate_limits
             .try_admit(live.user_id, live.token_id, now, limit, window)
             .map_err(Denied::RateLimited)?;
+        if let Some(ip) = ask.ip {
+            self.last_seen.note(live.token_id, now, ip);
+        }
         Ok(Verified {
             user,
             token_id: live.token_id,

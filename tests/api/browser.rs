@@ -213,6 +213,13 @@ async fn log_in_generate_use_revoke_in_a_real_browser() {
         StatusCode::FORBIDDEN
     );
 
+    // The list shows its last use and where from.
+    c.refresh().await.unwrap();
+    until("the last use's address", || async {
+        text(c, "#tokens-body").await.contains("from 127.0.0.1")
+    })
+    .await;
+
     // Its usage chart shows the request: per hour over 7 days, per day over 90.
     click(c, "button.usage").await;
     until("the usage chart", || async {

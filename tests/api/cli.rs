@@ -176,9 +176,15 @@ async fn replay_prints_the_audit_log_filters_it_and_answers_what_was_valid_at_t(
         ] {
             assert!(e.get(key).is_some(), "{key} in {e}");
         }
-        // token_issued is at v2 (scopes and allowlists), user_registered at v2 (a credential
-        // id, no hash); every other type at v1.
-        let want = if e["type"] == "token_issued" || e["type"] == "user_registered" {
+        // At v2: token_issued (scopes and allowlists), user_registered (a credential id, no
+        // hash), token_revoked (by whom) and usage_recorded (last addresses); the rest at v1.
+        let at_v2 = [
+            "token_issued",
+            "user_registered",
+            "token_revoked",
+            "usage_recorded",
+        ];
+        let want = if at_v2.iter().any(|t| e["type"] == *t) {
             2
         } else {
             1

@@ -386,7 +386,8 @@ async fn every_event_is_published_on_its_subject_without_secrets() {
         .unwrap();
     let env: Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(env["type"], "token_revoked");
-    assert_eq!(env["version"], 1);
+    assert_eq!(env["version"], 2);
+    assert_eq!(env["data"]["by"], "operator");
     assert_eq!(env["node_id"], "b");
     assert_eq!(env["data"]["token_id"], id);
     assert!(env["seq"].as_u64().unwrap() >= 3);

@@ -493,3 +493,58 @@ async fn a_data_directory_from_before_token_restrictions_restarts_from_its_snaps
     let r = app.get_test(live["token"].as_str().unwrap()).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// The list shows where each token was last used from: at once (this node's view), then
+/// from the usage record (`usage_recorded` v2's `last_ip`) after a restart.
+#[tokio::test]
+async fn the_list_shows_each_tokens_last_client_address_across_restarts() {
+    let config = "trusted_proxies = [\"127.0.0.1\"]\n[tiers.pro]\nrequests = 1000\nwindow_secs = 1\n[history]\nusage_record_secs = 1\n";
+    let mut app = spawn_app_with_config(config).await;
+    let (_, token, id) = app.user_with_token("a@example.com", "pro").await;
+    let from = |app: &TestApp, ip: &'static str| {
+        app.client
+            .get(format!("{}/test", app.url))
+            .bearer_auth(&token)
+            .header("X-Forwarded-For", ip)
+            .send()
+    };
+    let listed = |v: serde_json::Value| {
+        v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id.as_str())
+            .unwrap()["last_used_from"]
+            .clone()
+    };
+    let c = app.session("a@example.com").await;
+    assert!(
+        listed(body(app.list_tokens(&c).await).await).is_null(),
+        "never used"
+    );
+    assert_eq!(
+        from(&app, "203.0.113.9").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        from(&app, "2001:db8::5").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(listed(body(app.list_tokens(&c).await).await), "2001:db8::5");
+    // The period ends within a second or two; its record carries the address.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = String::from_utf8(app.replay(&["--type", "usage_recorded"]).stdout).unwrap();
+        if out.contains("\"last_ip\":\"2001:db8::5\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record with the address: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.restart().await;
+    let c = app.session("a@example.com").await;
+    assert_eq!(listed(body(app.list_tokens(&c).await).await), "2001:db8::5");
+}

@@ -78,6 +78,7 @@ impl From<RecordImageV2> for RecordImage {
             allowed_ips: r.allowed_ips,
             replaced_by: r.replaced_by,
             revocation: None,
+            last_used_from: None,
         }
     }
 }
@@ -99,6 +100,7 @@ impl From<RecordImageV1> for RecordImage {
             allowed_ips: None,
             replaced_by: None,
             revocation: None,
+            last_used_from: None,
         }
     }
 }

@@ -108,7 +108,8 @@ async function refresh() {
     }
     tr.append(
       cell(t.name, "name"), cell(t.hint, "hint"), cell(access(t), "access"), cell(fmt(t.created_at)),
-      cell(t.last_used_at ? fmt(t.last_used_at) + " (" + t.requests + " requests)" : "never"),
+      cell(t.last_used_at ? fmt(t.last_used_at) + (t.last_used_from ? " from " + t.last_used_from : "") +
+        " (" + t.requests + " requests)" : "never", "last-used"),
       cell(expires(t), "expires"), stCell, actions,
     );
     body.append(tr);
