@@ -151,6 +151,9 @@ pub async fn change_password(
             keep: Some(s.session),
         }))
         .await??;
+    // As a revoke: the other sessions end, and the new password works, on every node before
+    // the answer.
+    super::tokens::propagate(&app, &envs).await;
     let ended = envs.iter().find_map(|e| match &e.event {
         Event::PasswordChanged(p) => Some(p.sessions_ended.len()),
         _ => None,
@@ -172,6 +175,7 @@ pub async fn end_all_sessions(
         .writer
         .send(Execute(Command::EndAllSessions { user_id: s.user.id }))
         .await??;
+    super::tokens::propagate(&app, &envs).await;
     let mut gone = super::dashboard::session_cookie(&req, &app, String::new());
     gone.make_removal();
     Ok(HttpResponse::Ok()

@@ -83,22 +83,24 @@ pub async fn login(
         return Err(ApiError::retry_after(Code::LoginThrottled, wait));
     }
     let email = Email::parse(&creds.email).ok();
-    let known = email
-        .as_ref()
-        .and_then(|e| app.state.credentials(e.as_str()));
-    // The hash comes from the credential store (the log names it by id only); a user whose
-    // hash cannot be found is checked against the dummy one, and refused as any wrong password.
-    let (user_id, phc) = match known {
-        Some((id, credential)) => match account::password_hash_of(&app, &credential).await? {
-            Some(phc) => (Some(id), phc),
-            None => (None, app.dummy_hash.clone()),
-        },
-        None => {
-            account::password_hash_of(&app, account::NO_CREDENTIAL).await?;
-            (None, app.dummy_hash.clone())
-        }
+    let lookup = |app: &AppState| {
+        email
+            .as_ref()
+            .and_then(|e| app.state.credentials(e.as_str()))
     };
-    let matches = account::check_password(&app, creds.password, phc).await?;
+    let known = lookup(&app);
+    let (mut user_id, mut matches) = check(&app, known.clone(), creds.password.clone()).await?;
+    // Cluster mode: the account or its new password may come from another node a moment ago.
+    // A failed login first catches up with the stream (known or not, so no answer tells
+    // whether an account exists), and checks again if that changed the account.
+    if let (false, Some(c)) = (matches, &app.cluster) {
+        if c.catch_up_after_miss().await.is_ok() {
+            let now_known = lookup(&app);
+            if now_known != known {
+                (user_id, matches) = check(&app, now_known, creds.password).await?;
+            }
+        }
+    }
     let client_ip = ip.map(|i| i.to_string());
     let Some(user_id) = user_id.filter(|_| matches) else {
         // The audit log names the account only when it exists: what was typed into the email
@@ -136,6 +138,29 @@ pub async fn login(
         .cookie(session_cookie(&req, &app, value))
         .insert_header(("cache-control", "no-store"))
         .json(json!({"success": true, "user": UserBody::of(&user)})))
+}
+
+/// Checks `password` against the credential of `known` (user, credential id), or against
+/// the dummy hash when there is none, so that the answer takes as long either way. The hash
+/// comes from the credential store (the log names it by id only); a user whose hash cannot be
+/// found is refused as any wrong password.
+async fn check(
+    app: &AppState,
+    known: Option<(crate::domain::UserId, String)>,
+    password: String,
+) -> Result<(Option<crate::domain::UserId>, bool), ApiError> {
+    let (user_id, phc) = match known {
+        Some((id, credential)) => match account::password_hash_of(app, &credential).await? {
+            Some(phc) => (Some(id), phc),
+            None => (None, app.dummy_hash.clone()),
+        },
+        None => {
+            account::password_hash_of(app, account::NO_CREDENTIAL).await?;
+            (None, app.dummy_hash.clone())
+        }
+    };
+    let matches = account::check_password(app, password, phc).await?;
+    Ok((user_id, matches))
 }
 
 /// `POST /logout`: ends the session if there is one, and clears the cookie either way.
