@@ -175,13 +175,13 @@ fn an_undecodable_event_with_a_good_checksum_stops_replay() {
     assert!(err.to_string().contains("seq 4"), "{err}");
     // ...and in a legacy JSON one.
     let err = damaged(|log| {
-        let json = br#"{"event_id":"00000000-0000-4000-8000-000000000001","seq":4,"occurred_at":"2024-01-01T00:00:00Z","node_id":"n1","type":"token_revoked","version":2,"data":{}}"#;
+        let json = br#"{"event_id":"00000000-0000-4000-8000-000000000001","seq":4,"occurred_at":"2024-01-01T00:00:00Z","node_id":"n1","type":"token_revoked","version":9,"data":{}}"#;
         let mut rec = crc32fast::hash(json).to_le_bytes().to_vec();
         rec.extend_from_slice(json);
         log.insert_raw_for_tests(4, &rec).unwrap();
     });
     assert!(err.to_string().contains("seq 4"), "{err}");
-    assert!(err.to_string().contains("version 2"), "{err}");
+    assert!(err.to_string().contains("version 9"), "{err}");
     // A record that says it holds more events than it does.
     let err = damaged(|log| {
         let mut rec = batch_record(&[]);
