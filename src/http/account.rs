@@ -9,12 +9,13 @@ use super::AppState;
 use crate::actors::Execute;
 use crate::command::Command;
 use crate::credentials::{CredentialError, Credentials};
-use crate::domain::{email_key, verify_password, Password, TokenHash};
+use crate::domain::{email_key, verify_password, Password, TokenHash, UserId};
 use crate::event::Event;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
+use std::net::IpAddr;
 
 fn unavailable(e: CredentialError) -> ApiError {
     tracing::error!(error = %e, "credential store unavailable");
@@ -66,7 +67,7 @@ pub async fn password_hash_of(
 
 /// Checks `password` against `phc` with at most a few argon2 checks at once (each takes
 /// ~19 MiB and tens of milliseconds).
-pub async fn check_password(
+async fn check_password(
     app: &AppState,
     password: String,
     phc: String,
@@ -81,6 +82,59 @@ pub async fn check_password(
         .map_err(|_| ApiError::new(Code::Internal))?;
     drop(permit);
     Ok(matches)
+}
+
+/// Counts a sign-in attempt (a login, or a current password checked) before the password is
+/// checked, in the same step as the look at the count, so parallel guesses cannot outrun the
+/// throttle. Per address, and per account from any address: the same for an email without
+/// an account, so the answer tells nothing (keyed by a hash, so the map holds no typed-in
+/// text). Returns the account's key, for [`forgive_sign_in`].
+pub fn count_sign_in(
+    app: &AppState,
+    ip: Option<IpAddr>,
+    email: &str,
+    now: i64,
+) -> Result<TokenHash, ApiError> {
+    if let Some(ip) = ip {
+        app.login_throttle
+            .try_count(ip, now)
+            .map_err(|wait| ApiError::retry_after(Code::LoginThrottled, wait))?;
+    }
+    let account = TokenHash::of(&email_key(email));
+    if let Err(wait) = app.account_login_throttle.try_count(account, now) {
+        app.login_throttle.forgive(ip, now);
+        return Err(ApiError::retry_after(Code::LoginThrottled, wait));
+    }
+    Ok(account)
+}
+
+/// A successful sign-in takes its count back.
+pub fn forgive_sign_in(app: &AppState, ip: Option<IpAddr>, account: TokenHash, now: i64) {
+    app.login_throttle.forgive(ip, now);
+    app.account_login_throttle.forgive(Some(account), now);
+}
+
+/// Checks `password` against the credential of `known` (user, credential id), or against
+/// the dummy hash when there is none, so that the answer takes as long either way (the
+/// store is read either way too). A user whose hash cannot be found is refused as any wrong
+/// password. Returns the user whose password it was checked against, and whether it matched.
+pub async fn check_sign_in(
+    app: &AppState,
+    known: Option<(UserId, String)>,
+    password: String,
+) -> Result<(Option<UserId>, bool), ApiError> {
+    let (user_id, phc) = match known {
+        Some((id, credential)) => match password_hash_of(app, &credential).await? {
+            Some(phc) => (Some(id), phc),
+            None => (None, app.dummy_hash.clone()),
+        },
+        None => {
+            password_hash_of(app, NO_CREDENTIAL).await?;
+            (None, app.dummy_hash.clone())
+        }
+    };
+    let matches = check_password(app, password, phc).await?;
+    Ok((user_id, matches))
 }
 
 #[derive(Deserialize)]
@@ -104,24 +158,11 @@ pub async fn change_password(
     let now = Utc::now().timestamp();
     let ip = client_ip(&req);
     // Guessing the current password with a stolen session is guessing a login: the same
-    // throttles, per address and per account from any address, counted before the check.
-    if let Some(ip) = ip {
-        app.login_throttle
-            .try_count(ip, now)
-            .map_err(|wait| ApiError::retry_after(Code::LoginThrottled, wait))?;
-    }
-    let account = TokenHash::of(&email_key(&s.user.email));
-    if let Err(wait) = app.account_login_throttle.try_count(account, now) {
-        app.login_throttle.forgive(ip, now);
-        return Err(ApiError::retry_after(Code::LoginThrottled, wait));
-    }
-    let phc = match app.state.credential_of(s.user.id) {
-        Some(id) => password_hash_of(&app, &id).await?,
-        None => None,
-    };
-    let known = phc.is_some();
-    let phc = phc.unwrap_or_else(|| app.dummy_hash.clone());
-    if !check_password(&app, body.current_password, phc).await? || !known {
+    // throttles, counted before the check.
+    let account = count_sign_in(&app, ip, &s.user.email, now)?;
+    let mine = app.state.credential_of(s.user.id).map(|c| (s.user.id, c));
+    let (known, matches) = check_sign_in(&app, mine, body.current_password).await?;
+    if !matches || known.is_none() {
         // In the security log as any failed sign-in (never the password that was tried).
         app.writer
             .send(Execute(Command::RecordLoginFailure {
@@ -131,8 +172,7 @@ pub async fn change_password(
             .await??;
         return Err(ApiError::new(Code::WrongPassword));
     }
-    app.login_throttle.forgive(ip, now);
-    app.account_login_throttle.forgive(Some(account), now);
+    forgive_sign_in(&app, ip, account, now);
     let min_len = app.settings.min_password_length;
     let words = [s.user.email.clone(), s.user.name.clone()];
     let new = web::block(move || {

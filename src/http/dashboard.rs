@@ -10,7 +10,7 @@ use super::tokens::{self, NewToken};
 use super::AppState;
 use crate::actors::Execute;
 use crate::command::Command;
-use crate::domain::{email_key, Email, TokenHash};
+use crate::domain::{Email, TokenHash};
 use actix_web::cookie::{time, Cookie, SameSite};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use chrono::Utc;
@@ -63,25 +63,7 @@ pub async fn login(
     let ip = client_ip(&req);
     let now = Utc::now();
     let creds = parse_login(&req, &body)?;
-    // Count the attempt before checking the password, in the same step as the look at the
-    // count, so parallel guesses cannot outrun the throttle; a successful login takes its
-    // count back. Per address, and per account from any address: the same for an email
-    // without an account, so the answer tells nothing (keyed by a hash, so the map holds no
-    // typed-in text).
-    if let Some(ip) = ip {
-        app.login_throttle
-            .try_count(ip, now.timestamp())
-            .map_err(|wait| ApiError::retry_after(Code::LoginThrottled, wait))?;
-    }
-    let account_key = TokenHash::of(&email_key(&creds.email));
-    let account = Some(account_key);
-    if let Err(wait) = app
-        .account_login_throttle
-        .try_count(account_key, now.timestamp())
-    {
-        app.login_throttle.forgive(ip, now.timestamp());
-        return Err(ApiError::retry_after(Code::LoginThrottled, wait));
-    }
+    let account = account::count_sign_in(&app, ip, &creds.email, now.timestamp())?;
     let email = Email::parse(&creds.email).ok();
     let lookup = |app: &AppState| {
         email
@@ -89,7 +71,8 @@ pub async fn login(
             .and_then(|e| app.state.credentials(e.as_str()))
     };
     let known = lookup(&app);
-    let (mut user_id, mut matches) = check(&app, known.clone(), creds.password.clone()).await?;
+    let (mut user_id, mut matches) =
+        account::check_sign_in(&app, known.clone(), creds.password.clone()).await?;
     // Cluster mode: the account or its new password may come from another node a moment ago.
     // A failed login first catches up with the stream (known or not, so no answer tells
     // whether an account exists), and checks again if that changed the account.
@@ -97,7 +80,8 @@ pub async fn login(
         if c.catch_up_after_miss().await.is_ok() {
             let now_known = lookup(&app);
             if now_known != known {
-                (user_id, matches) = check(&app, now_known, creds.password).await?;
+                (user_id, matches) =
+                    account::check_sign_in(&app, now_known, creds.password).await?;
             }
         }
     }
@@ -115,8 +99,7 @@ pub async fn login(
             .await??;
         return Err(ApiError::new(Code::InvalidCredentials));
     };
-    app.login_throttle.forgive(ip, now.timestamp());
-    app.account_login_throttle.forgive(account, now.timestamp());
+    account::forgive_sign_in(&app, ip, account, now.timestamp());
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let value = hex::encode(raw);
@@ -138,29 +121,6 @@ pub async fn login(
         .cookie(session_cookie(&req, &app, value))
         .insert_header(("cache-control", "no-store"))
         .json(json!({"success": true, "user": UserBody::of(&user)})))
-}
-
-/// Checks `password` against the credential of `known` (user, credential id), or against
-/// the dummy hash when there is none, so that the answer takes as long either way. The hash
-/// comes from the credential store (the log names it by id only); a user whose hash cannot be
-/// found is refused as any wrong password.
-async fn check(
-    app: &AppState,
-    known: Option<(crate::domain::UserId, String)>,
-    password: String,
-) -> Result<(Option<crate::domain::UserId>, bool), ApiError> {
-    let (user_id, phc) = match known {
-        Some((id, credential)) => match account::password_hash_of(app, &credential).await? {
-            Some(phc) => (Some(id), phc),
-            None => (None, app.dummy_hash.clone()),
-        },
-        None => {
-            account::password_hash_of(app, account::NO_CREDENTIAL).await?;
-            (None, app.dummy_hash.clone())
-        }
-    };
-    let matches = account::check_password(app, password, phc).await?;
-    Ok((user_id, matches))
 }
 
 /// `POST /logout`: ends the session if there is one, and clears the cookie either way.
