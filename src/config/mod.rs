@@ -465,24 +465,33 @@ impl Settings {
     /// What only `serve` needs besides [`Settings::load`]'s checks: an admin token long
     /// enough not to be guessed (`replay` does not care).
     pub fn check_serve(&self) -> Result<(), ConfigError> {
-        match &self.admin_token {
-            Some(t) if t.chars().count() < MIN_ADMIN_TOKEN_LEN => Err(ConfigError::Invalid {
-                key: "SNAPTRACK_ADMIN_TOKEN".into(),
-                reason: format!(
-                    "must be at least {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -base64 32`"
-                ),
-            }),
-            _ => Ok(()),
-        }?;
-        match &self.leak_report_secret {
-            Some(k) if k.chars().count() < MIN_ADMIN_TOKEN_LEN => Err(ConfigError::Invalid {
-                key: "leak_report_secret".into(),
-                reason: format!(
-                    "must be at least {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -hex 32`"
-                ),
-            }),
-            _ => Ok(()),
+        // The admin token and the leak reports' key each guard every account.
+        let secrets = [
+            (
+                "SNAPTRACK_ADMIN_TOKEN",
+                &self.admin_token,
+                "openssl rand -base64 32",
+            ),
+            (
+                "leak_report_secret",
+                &self.leak_report_secret,
+                "openssl rand -hex 32",
+            ),
+        ];
+        for (key, value, make) in secrets {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.chars().count() < MIN_ADMIN_TOKEN_LEN)
+            {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    reason: format!(
+                        "must be at least {MIN_ADMIN_TOKEN_LEN} characters; make one with `{make}`"
+                    ),
+                });
+            }
         }
+        Ok(())
     }
 
     /// The per-tier limits the verify path reads.

@@ -67,11 +67,7 @@ pub async fn password_hash_of(
 
 /// Checks `password` against `phc` with at most a few argon2 checks at once (each takes
 /// ~19 MiB and tens of milliseconds).
-async fn check_password(
-    app: &AppState,
-    password: String,
-    phc: String,
-) -> Result<bool, ApiError> {
+async fn check_password(app: &AppState, password: String, phc: String) -> Result<bool, ApiError> {
     let permit = app
         .password_checks
         .acquire()

@@ -83,9 +83,10 @@ impl From<RecordImageV2> for RecordImage {
     }
 }
 
+/// Format 1's record is format 2's without restrictions or successor.
 impl From<RecordImageV1> for RecordImage {
     fn from(r: RecordImageV1) -> Self {
-        RecordImage {
+        RecordImageV2 {
             id: r.id,
             user_id: r.user_id,
             name: r.name,
@@ -99,9 +100,8 @@ impl From<RecordImageV1> for RecordImage {
             scopes: None,
             allowed_ips: None,
             replaced_by: None,
-            revocation: None,
-            last_used_from: None,
         }
+        .into()
     }
 }
 
