@@ -177,7 +177,8 @@ fn verify(c: &mut Criterion) {
         })
     });
     // Cluster mode's claiming buckets, measured inside a granted claim (the steady state):
-    // claims ramp up (1, 2, 4, ...) until the last covers the measured iterations.
+    // claims ramp up (a sixteenth of the share, then doubling) until the last covers the
+    // measured iterations.
     g.bench_function("rate_limit_check_alone_claiming", |b| {
         b.iter_custom(|iters| {
             let rl = snaptrack_auth::state::RateLimits::default();
@@ -185,9 +186,9 @@ fn verify(c: &mut Criterion) {
             let admit = || rl.try_admit(live.user_id, live.token_id, now, u32::MAX, 60);
             loop {
                 let _ = admit();
-                let claims = rl.drain(now, false);
-                for e in &claims {
-                    rl.apply(e, true);
+                let claims = rl.drain_claims(now * 1000);
+                for c in &claims {
+                    rl.apply_claim(c, true);
                 }
                 if claims
                     .first()

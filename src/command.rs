@@ -115,6 +115,25 @@ pub enum CommandError {
     AlreadyRotated,
 }
 
+/// Why a command did not happen (or, for `Unavailable`, may not have).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Rejected(#[from] CommandError),
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// Cluster mode: the stream could not take the events; nothing was changed unless the
+    /// stream stored an event whose acknowledgement was lost.
+    #[error("the event stream is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<crate::bus::LogError> for WriteError {
+    fn from(e: crate::bus::LogError) -> Self {
+        WriteError::Storage(e.to_string())
+    }
+}
+
 /// Validates `cmd` against `state` at `now` and returns the events it produces.
 pub fn handle(state: &State, cmd: Command, now: DateTime<Utc>) -> Result<Vec<Event>, CommandError> {
     match cmd {

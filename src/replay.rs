@@ -128,7 +128,7 @@ pub fn run(data: &Path, f: &Filter, out: &mut dyn Write) -> Result<(), ReplayErr
         let env = env?;
         if f.kind.as_deref().is_some_and(|k| k != env.event.kind())
             || f.user
-                .is_some_and(|u| env.event.user_id().map(|id| id.0) != Some(u))
+                .is_some_and(|u| !env.event.concerns(crate::domain::UserId(u)))
             || f.since.is_some_and(|s| env.occurred_at < s)
             || f.until.is_some_and(|u| env.occurred_at > u)
         {

@@ -8,9 +8,11 @@
 //! applies; this module only hears how far it got).
 //!
 //! [`shared`]: snapshots shared through JetStream, so a new node need not read the stream
-//! from sequence 1.
+//! from sequence 1. [`rounds`]: the writer's rounds, which publish a node's commands and
+//! claims in one pipelined burst.
 
 mod presence;
+pub mod rounds;
 pub mod shared;
 
 pub use presence::{Announcement, DuplicateId, Peers};
@@ -70,9 +72,6 @@ pub struct Cluster {
     /// The stream's last sequence at the last query (for the replication-lag metric).
     pub stream_last: AtomicU64,
     catchup: CatchUpQuery,
-    /// Serialises the writer's commands: each is validated against the state that includes
-    /// the previous one. A tokio mutex, since it is held across the publish `.await`.
-    pub writer_turn: tokio::sync::Mutex<()>,
     /// The keys whose messages are applied: this node's and `[cluster] trusted_keys`.
     pub verifier: Verifier,
     /// Positions up to this one predate signing: unsigned messages there are applied.
@@ -147,7 +146,6 @@ impl Cluster {
                 sent: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
             },
-            writer_turn: tokio::sync::Mutex::new(()),
             verifier,
             unsigned_through,
             stream_rejected: AtomicU64::new(0),

@@ -205,6 +205,26 @@ pub struct UsageRecorded {
     pub tokens: Vec<TokenUsage>,
 }
 
+/// Cluster mode: requests one node reserves under users' limits, one claim per user, all
+/// published in one message per claim round (see `state::ratelimit::claims`). The stream's
+/// order decides how much of each claim was still free: every node folds them alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageClaimed {
+    pub claims: Vec<Claim>,
+}
+
+/// One user's claim: `requests` of the window starting at `window_start` (the current one,
+/// or the next one when claimed ahead of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    pub user_id: UserId,
+    pub window_start: i64,
+    pub window_secs: u32,
+    pub requests: u32,
+}
+
 /// A dashboard login succeeded; the session is stored only as its SHA-256.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,13 +264,14 @@ pub enum Event {
     SessionEnded(SessionEnded),
     TokenRotated(TokenRotated),
     PasswordChanged(PasswordChanged),
+    UsageClaimed(UsageClaimed),
 }
 
 /// The type names, as they appear in the envelope's `type` field and (with dots) in NATS
 /// subjects.
 ///
 /// The position is the type's code in the local log's binary form: new types go at the end.
-pub const TYPES: [&str; 10] = [
+pub const TYPES: [&str; 11] = [
     "user_registered",
     "subscription_changed",
     "token_issued",
@@ -261,6 +282,7 @@ pub const TYPES: [&str; 10] = [
     "session_ended",
     "token_rotated",
     "password_changed",
+    "usage_claimed",
 ];
 
 impl Event {
@@ -277,6 +299,7 @@ impl Event {
             Event::SessionEnded(_) => "session_ended",
             Event::TokenRotated(_) => "token_rotated",
             Event::PasswordChanged(_) => "password_changed",
+            Event::UsageClaimed(_) => "usage_claimed",
         }
     }
 
@@ -302,6 +325,17 @@ impl Event {
             Event::SessionEnded(e) => Some(e.user_id),
             Event::TokenRotated(e) => Some(e.user_id),
             Event::PasswordChanged(e) => Some(e.user_id),
+            // Many users' claims: see [`Event::concerns`].
+            Event::UsageClaimed(_) => None,
+        }
+    }
+
+    /// Whether the event concerns `user` (for `replay --user`): its user, or for a claim
+    /// message, one of the users it claims for.
+    pub fn concerns(&self, user: UserId) -> bool {
+        match self {
+            Event::UsageClaimed(e) => e.claims.iter().any(|c| c.user_id == user),
+            other => other.user_id() == Some(user),
         }
     }
 
@@ -317,6 +351,7 @@ impl Event {
             Event::SessionEnded(e) => e.serialize(s),
             Event::TokenRotated(e) => e.serialize(s),
             Event::PasswordChanged(e) => e.serialize(s),
+            Event::UsageClaimed(e) => e.serialize(s),
         }
     }
 
@@ -354,6 +389,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for DataSeed<'_> {
             "session_ended" => Event::SessionEnded(SessionEnded::deserialize(d)?),
             "token_rotated" => Event::TokenRotated(TokenRotated::deserialize(d)?),
             "password_changed" => Event::PasswordChanged(PasswordChanged::deserialize(d)?),
+            "usage_claimed" => Event::UsageClaimed(UsageClaimed::deserialize(d)?),
             other => {
                 return Err(serde::de::Error::custom(format!(
                     "unknown event type {other:?}"

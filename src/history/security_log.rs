@@ -68,7 +68,7 @@ fn entry(env: &Envelope, state: &State) -> Option<(UserId, Value)> {
         ),
         Event::SessionEnded(e) => (e.user_id, json!({})),
         Event::PasswordChanged(e) => (e.user_id, json!({"sessions_ended": e.sessions_ended.len()})),
-        Event::UsageRecorded(_) => return None,
+        Event::UsageRecorded(_) | Event::UsageClaimed(_) => return None,
     };
     v["type"] = json!(env.event.kind());
     v["occurred_at"] = json!(at);

@@ -187,9 +187,9 @@ enum Step {
     /// Cluster mode, a well-formed token this node does not know: it may have been issued on
     /// another node a moment ago. Catch up with the stream and look again.
     CatchUp(Arc<crate::cluster::Cluster>),
-    /// Cluster mode, this node used its share of the caller's limit: sync usage with the
-    /// other nodes (a flush) and look again. Carries the window (its reset) the sync was for.
-    Sync(actix::Addr<crate::actors::Writer>, i64),
+    /// Cluster mode, this node used its grant of the caller's limit: wait for the claim
+    /// round that asks for more, and look again. Carries the window (its reset) it was for.
+    Sync(Arc<crate::cluster::rounds::Rounds>, i64),
 }
 
 /// What a request has already waited for: a catch-up at most once, a sync once per window
@@ -244,16 +244,16 @@ impl Caller {
             Some(token) => app.state.verify(token, now, &app.tiers, ask),
         };
         app.metrics.verify_latency.observe(started.elapsed());
-        let outcome = match (outcome, &app.cluster) {
-            (Err(Denied::Unauthorized("unknown")), Some(c)) if !tried.catch_up => {
+        let outcome = match (outcome, &app.cluster, &app.rounds) {
+            (Err(Denied::Unauthorized("unknown")), Some(c), _) if !tried.catch_up => {
                 return Step::CatchUp(c.clone());
             }
-            (Err(Denied::RateLimited(info)), Some(_))
+            (Err(Denied::RateLimited(info)), _, Some(rounds))
                 if info.share_used && tried.may_sync(info.reset) =>
             {
-                return Step::Sync(app.writer.clone(), info.reset);
+                return Step::Sync(rounds.clone(), info.reset);
             }
-            (outcome, _) => outcome,
+            (outcome, _, _) => outcome,
         };
         Step::Done(match outcome {
             Ok(v) => Ok(Caller(v)),
@@ -305,16 +305,15 @@ impl FromRequest for Caller {
                         }
                         tried.catch_up = true;
                     }
-                    Step::Sync(writer, reset) => {
-                        match writer
-                            .send(crate::actors::FlushUsage { periods: false })
-                            .await
-                        {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(e)) => tracing::warn!(error = %e, "usage sync failed"),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "writer unavailable for usage sync")
-                            }
+                    Step::Sync(rounds, reset) => {
+                        let timeout = req
+                            .app_data::<web::Data<AppState>>()
+                            .and_then(|a| a.cluster.as_ref())
+                            .map_or(std::time::Duration::from_secs(1), |c| {
+                                c.settings.catchup_timeout
+                            });
+                        if !rounds.claim_round(timeout).await {
+                            tracing::warn!("no claim round finished in time");
                         }
                         tried.syncs += 1;
                         tried.synced_for = Some(reset);

@@ -21,6 +21,7 @@ pub mod usage;
 
 use crate::actors::{flush_and_checkpoint, replicator, Execute, UsageFlusher, Writer};
 use crate::bus::{JetStreamBus, LogError, SledLog};
+use crate::cluster::rounds::Rounds;
 use crate::cluster::Cluster;
 use crate::command::{Command, CommandError};
 use crate::config::Settings;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub credentials: Arc<Credentials>,
     /// `Some` in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
+    /// `Some` in cluster mode: the writer's rounds, which requests wait on for claims.
+    pub rounds: Option<Arc<Rounds>>,
     /// Per-tier limits, copied out of the settings so the verify path reads one small array.
     pub tiers: TierTable,
     pub settings: Arc<Settings>,
@@ -121,7 +124,7 @@ pub struct Application {
     /// The background rounds' gate, closed at a stop before the last round.
     quiesce: Arc<Quiesce>,
     cluster: Option<Arc<Cluster>>,
-    /// Cluster mode's replicator and announcer.
+    /// Cluster mode's replicator, announcer and writer rounds.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub demo: Option<DemoUser>,
 }
@@ -540,14 +543,27 @@ impl Application {
                     snapshots.clone(),
                     credentials.clone(),
                 )));
-                let writer = Writer::clustered(state.clone(), log.clone(), cluster.clone()).start();
-                (writer, Some(cluster), tasks)
+                // Aborted with the other tasks, after the last usage flush at a stop.
+                let (rounds, round_task) = Rounds::start(state.clone(), cluster.clone());
+                tasks.push(round_task);
+                let writer = Writer::clustered(
+                    state.clone(),
+                    log.clone(),
+                    cluster.node_id.clone(),
+                    rounds.clone(),
+                )
+                .start();
+                (writer, Some((cluster, rounds)), tasks)
             }
             None => (
                 Writer::new(state.clone(), log.clone(), settings.node_id.clone()).start(),
                 None,
                 vec![],
             ),
+        };
+        let (cluster, rounds) = match cluster {
+            Some((c, r)) => (Some(c), Some(r)),
+            None => (None, None),
         };
         let mut tasks = tasks;
         let quiesce = Arc::new(Quiesce::default());
@@ -610,6 +626,7 @@ impl Application {
             security_log: security_log.clone(),
             credentials: credentials.clone(),
             cluster: cluster.clone(),
+            rounds,
             tiers: settings.tier_table(),
             settings: settings.clone(),
             metrics: Arc::new(Metrics::new(ROUTES)),

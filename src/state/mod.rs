@@ -394,6 +394,12 @@ impl State {
                 }
                 self.forget(&mut d, gone);
             }
+            Event::UsageClaimed(e) => {
+                let own = node_id == self.local_node;
+                for c in &e.claims {
+                    self.rate_limits.apply_claim(c, own);
+                }
+            }
             Event::UsageRecorded(e) => {
                 self.rate_limits.apply(&e, node_id == self.local_node);
                 if !e.tokens.is_empty() {
@@ -561,8 +567,8 @@ impl State {
 
     /// The usage records due (see `RateLimits::drain`), each token's tally with the address
     /// this node last saw it used from, when that use is the tally's last or later.
-    pub fn drain_usage(&self, now: i64, periods: bool) -> Vec<crate::event::UsageRecorded> {
-        let mut usage = self.rate_limits.drain(now, periods);
+    pub fn drain_usage(&self, now: i64) -> Vec<crate::event::UsageRecorded> {
+        let mut usage = self.rate_limits.drain(now);
         for record in &mut usage {
             for t in &mut record.tokens {
                 if let Some((at, ip)) = self.last_seen.get(t.token_id) {

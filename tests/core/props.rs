@@ -159,13 +159,13 @@ impl Run {
                 }
             }
             Op::Flush => {
-                let usage = self.core.state.rate_limits.drain(now.timestamp(), true);
+                let usage = self.core.state.rate_limits.drain(now.timestamp());
                 self.exec(Command::RecordUsage(usage));
             }
             Op::Close => {
                 self.hours += 1;
                 let later = now + chrono::Duration::hours(1);
-                let usage = self.core.state.rate_limits.drain(later.timestamp(), true);
+                let usage = self.core.state.rate_limits.drain(later.timestamp());
                 self.exec(Command::RecordUsage(usage));
             }
             Op::Login(u) => {

@@ -52,13 +52,16 @@ impl SledLog {
             while let Some(entry) = reader.next_entry(&upcasters) {
                 match entry? {
                     Entry::Event(env) => match &env.event {
-                        Event::UsageRecorded(_) if env.occurred_at < cutoff => {
+                        Event::UsageRecorded(_) | Event::UsageClaimed(_)
+                            if env.occurred_at < cutoff =>
+                        {
                             out.push_foreign(env.seq);
                             changed = true;
                             compacted += 1;
                         }
                         other => {
-                            young |= matches!(other, Event::UsageRecorded(_));
+                            young |=
+                                matches!(other, Event::UsageRecorded(_) | Event::UsageClaimed(_));
                             out.push(&env).map_err(|reason| LogError::Encode {
                                 seq: env.seq,
                                 reason,
