@@ -32,6 +32,8 @@ pub enum CredentialError {
     Local(#[from] sled::Error),
     #[error("credential bucket {BUCKET}: {0}")]
     Remote(String),
+    #[error("credential store flush did not finish: {0}")]
+    Flush(String),
 }
 
 /// The hashes this node knows, and in cluster mode the bucket all nodes share.
@@ -114,7 +116,7 @@ impl Credentials {
     /// before the event that names it is written.
     pub async fn put(&self, id: &str, phc: &str) -> Result<(), CredentialError> {
         self.tree.insert(id, phc.as_bytes())?;
-        self.tree.flush_async().await?;
+        flush(&self.tree).await?;
         if let Some(store) = self.remote.get() {
             store
                 .put(id, phc.as_bytes().to_vec().into())
@@ -166,7 +168,17 @@ impl Credentials {
             self.shared.insert(&k, &[])?;
             shared += 1;
         }
-        self.shared.flush_async().await?;
+        flush(&self.shared).await?;
         Ok(shared)
     }
+}
+
+/// Flushes `tree` on the blocking pool. Not sled's `flush_async`: concurrent calls of it can
+/// wait for ever (spacejam/sled#1241, #1308), and 32 registrations at once did.
+async fn flush(tree: &sled::Tree) -> Result<(), CredentialError> {
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || tree.flush())
+        .await
+        .map_err(|e| CredentialError::Flush(e.to_string()))??;
+    Ok(())
 }

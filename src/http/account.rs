@@ -21,7 +21,7 @@ fn unavailable(e: CredentialError) -> ApiError {
     tracing::error!(error = %e, "credential store unavailable");
     match e {
         CredentialError::Remote(_) => ApiError::retry_after(Code::ServiceUnavailable, 1),
-        CredentialError::Local(_) => ApiError::new(Code::Internal),
+        CredentialError::Local(_) | CredentialError::Flush(_) => ApiError::new(Code::Internal),
     }
 }
 

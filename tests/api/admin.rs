@@ -23,6 +23,30 @@ async fn creating_users_assigns_ids_from_one_and_refuses_duplicates() {
     assert_eq!(body(r).await["success"], false);
 }
 
+/// Registrations at once (96, on one HTTP worker) each flush the credential store: sled's `flush_async` called
+/// concurrently could wait for ever (spacejam/sled#1241), and the node stopped answering
+/// anything: this test failed that way before the fix.
+#[tokio::test]
+async fn many_registrations_at_once_all_complete() {
+    let app = spawn_app_with(Opts {
+        config: Some("workers = 1\n".into()),
+        ..Opts::default()
+    })
+    .await;
+    let all = futures_util::future::join_all((0..96).map(|i| {
+        let app = &app;
+        async move {
+            app.create_user(&format!("user{i}@example.com"), "pro")
+                .await
+        }
+    }));
+    let mut ids = tokio::time::timeout(std::time::Duration::from_secs(60), all)
+        .await
+        .expect("registrations stuck");
+    ids.sort();
+    assert_eq!(ids, (1..=96).collect::<Vec<u64>>());
+}
+
 #[tokio::test]
 async fn invalid_fields_are_422_naming_the_field_and_change_nothing() {
     let app = spawn_app().await;
