@@ -4,6 +4,7 @@
 //! loadgen propagation --admin TOKEN [--n 1000] URL...   # revocation propagation
 //! loadgen churn --admin TOKEN [--secs 10] [--conns 16] URL...   # issue + revoke throughput
 //! loadgen flood [--from 127.0.0.2] [--rate 10000] [--secs 10] [--conns 16] URL   # garbage
+//! loadgen users --admin TOKEN [--n 300] [--conns 16] URL...   # N users, a token each
 //! ```
 //!
 //! `propagation`: for each of N tokens, issue it on one node, use it on every node, revoke it
@@ -17,6 +18,9 @@
 //! `flood`: CONNS connections from the address FROM send `GET /test` with garbage tokens (bad
 //! checksums), RATE a second in all (0: as fast as they can), for SECS seconds, and print how many were sent per second
 //! and how they were answered (401 until the per-address throttle turns them into 429s).
+//!
+//! `users`: creates N users with one token each, CONNS at a time spread over the nodes, and
+//! prints the tokens, one per line (for `bench/cluster`'s many-users run with wrk).
 //!
 //! The users are created on the business tier; give it a large limit in the nodes' config.
 
@@ -321,12 +325,45 @@ async fn flood(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+async fn users(a: &Args) -> Result<(), String> {
+    let client = Client::builder()
+        .pool_max_idle_per_host(a.conns)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..a.conns)
+        .map(|w| {
+            let (client, admin, next, n) = (client.clone(), a.admin.clone(), next.clone(), a.n);
+            let url = a.urls[w % a.urls.len()].clone();
+            tokio::spawn(async move {
+                let mut tokens = Vec::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    let email = format!("user-{}@load.test", uuid::Uuid::new_v4());
+                    let user = create_user(&client, &url, &admin, &email).await?;
+                    tokens.push(issue(&client, &url, &admin, user).await?.0);
+                }
+                Ok::<_, String>(tokens)
+            })
+        })
+        .collect();
+    let mut out = String::new();
+    for w in workers {
+        for t in w.await.map_err(|e| e.to_string())?? {
+            out.push_str(&t);
+            out.push('\n');
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let result = match parse() {
         Ok(a) if a.mode == "propagation" => propagation(&a).await,
         Ok(a) if a.mode == "churn" => churn(&a).await,
         Ok(a) if a.mode == "flood" => flood(&a).await,
+        Ok(a) if a.mode == "users" => users(&a).await,
         Ok(a) => Err(format!("unknown mode {}", a.mode)),
         Err(e) => Err(e),
     };

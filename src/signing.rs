@@ -12,12 +12,13 @@
 //! Snaptrack-Signature: <signer's public key> <Ed25519 signature, 128 hex digits>
 //! ```
 //!
-//! The predecessor is there for the events of a command published after its first one
-//! (a regenerate's issue after its revoke, a usage flush of many users): each is published
-//! with `Nats-Expected-Last-Msg-Id: <predecessor's event id>`, so the stream stores it only
-//! right after that event, and the signature covers the header's value. Without that, such
-//! an event, refused once because a stranger took its predecessor's place, could be
-//! published again by anyone who saw it, header stripped, and land alone.
+//! The predecessor is there for messages published by earlier versions, which pipelined the
+//! events of a command (a regenerate's issue after its revoke, a usage flush of many users):
+//! each after the first was published with `Nats-Expected-Last-Msg-Id: <predecessor's event
+//! id>`, so the stream stored it only right after that event, and the signature covers the
+//! header's value. Such messages still verify. This version publishes each event only once
+//! the one before it is acknowledged (see `JetStreamBus::publish`), with no predecessor:
+//! each lands right after its predecessor or not at all.
 //!
 //! The payload does not change (the event JSON of `events/`), so subscribers that do not
 //! care keep reading it as before, and those that do verify with the public keys alone.

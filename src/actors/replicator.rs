@@ -176,8 +176,8 @@ async fn receive(
     // Only a trusted node's signature over this subject and these bytes makes a message an
     // event; anything else on the subjects is someone else's and must not stop the node.
     let header = header_of(&msg, SIGNATURE);
-    // An event published to follow another carries that condition, and the signature
-    // covers it (see `signing`).
+    // An event an earlier version published to follow another carries that condition, and
+    // the signature covers it (see `signing`).
     let predecessor = header_of(&msg, "Nats-Expected-Last-Msg-Id");
     // What this node published itself, byte for byte and following nothing, is its own
     // event: no need to check its signature (every node checks the others').

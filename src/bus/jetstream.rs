@@ -9,8 +9,6 @@ use std::time::Duration;
 pub const STREAM: &str = "SNAPTRACK_AUTH";
 /// The subjects the stream captures: one per event type.
 pub const SUBJECTS: &str = "snaptrack.auth.v1.>";
-/// Events published per pipelined round.
-const PIPELINE: usize = 256;
 /// Where nodes announce themselves and their applied sequence (core NATS, not in the stream).
 pub const PRESENCE_SUBJECT: &str = "snaptrack.auth.nodes";
 
@@ -138,86 +136,63 @@ impl JetStreamBus {
     }
 
     /// Publishes `envs` (consecutive sequence numbers) on their subjects, each accepted only
-    /// if the stream's last sequence is the one before it. The publishes are pipelined: all
-    /// are sent, then the acknowledgements read in order, so N events cost about one round
-    /// trip. Returns how many landed, and why the next did not; once one is refused, the
-    /// rest are too (their expected sequence never comes).
+    /// if the stream's last sequence is the one before it, one after the other: each is sent
+    /// once the previous one is acknowledged, so each lands right after its predecessor or
+    /// not at all. Returns how many landed, and why the next did not.
+    ///
+    /// Not pipelined: sent together, a message whose predecessor was refused could find the
+    /// sequence it expects taken by another node's event and land after that instead. The
+    /// stream's own guard for this, `Nats-Expected-Last-Msg-Id`, cannot be used: on a
+    /// clustered (R3) stream nats-server checks it again when it applies the message, and a
+    /// mismatch there is a critical write error that stops the stream for every node
+    /// (nats-server 2.15, seen by `tests/api/claims.rs`). A round costs a round trip per
+    /// message, then; rounds carry one claims message, however many users it holds.
     pub async fn publish(&self, envs: &[Envelope]) -> (usize, Option<PublishFailure>) {
         let unavailable = |e: &dyn std::fmt::Display| PublishFailure::Unavailable(e.to_string());
         let mut landed = 0;
-        let mut previous: Option<String> = None;
-        // Chunks keep the acknowledgements in flight well under the context's limit.
-        for chunk in envs.chunks(PIPELINE) {
-            let mut acks = Vec::with_capacity(chunk.len());
-            let mut send_failed = None;
-            for env in chunk {
-                let subject = subject(env.event.kind());
-                let payload = env.to_json();
-                // The signature covers the condition that this event follows its
-                // predecessor (see `signing`).
-                let signature = self
-                    .signer
-                    .sign_after(&subject, &payload, previous.as_deref());
-                let payload = bytes::Bytes::from(payload);
-                if previous.is_none() {
-                    // Only events that follow nothing of this command are recognised by
-                    // their bytes; the others are always checked, condition included.
-                    let mut sent = self.sent.lock();
-                    if sent.len() == SENT_KEPT {
-                        sent.pop_front();
-                    }
-                    sent.push_back((env.seq, payload.clone()));
+        for env in envs {
+            let subject = subject(env.event.kind());
+            let payload = env.to_json();
+            let signature = self.signer.sign(&subject, &payload);
+            let payload = bytes::Bytes::from(payload);
+            {
+                let mut sent = self.sent.lock();
+                if sent.len() == SENT_KEPT {
+                    sent.pop_front();
                 }
-                let mut publish = jetstream::message::PublishMessage::build()
-                    .header(SIGNATURE, signature.as_str())
-                    .payload(payload)
-                    .message_id(env.event_id.to_string())
-                    .expected_last_sequence(env.seq - 1);
-                // The sequence alone is not enough once publishes are pipelined: if the
-                // previous one was refused and another node's event took its place, this one
-                // would find the sequence it expects. It must follow its predecessor itself.
-                if let Some(prev) = previous {
-                    publish = publish.expected_last_message_id(prev);
-                }
-                previous = Some(env.event_id.to_string());
-                match self.js.send_publish(subject, publish).await {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => {
-                        send_failed = Some(unavailable(&e));
-                        break;
-                    }
-                }
+                sent.push_back((env.seq, payload.clone()));
             }
-            for (env, ack) in chunk.iter().zip(acks) {
-                match ack.await {
-                    Ok(ack) if ack.sequence == env.seq => landed += 1,
-                    Ok(ack) => {
-                        // Only a duplicate of an earlier publish of the same event id can
-                        // land elsewhere.
-                        return (
-                            landed,
-                            Some(PublishFailure::Unavailable(format!(
-                                "stream stored event {} at seq {}, expected {}",
-                                env.event_id, ack.sequence, env.seq
-                            ))),
-                        );
-                    }
-                    Err(e) => {
-                        let failure = match e.kind() {
-                            PublishErrorKind::WrongLastSequence => PublishFailure::Conflict {
-                                last: last_sequence_in(&e.to_string()),
-                            },
-                            PublishErrorKind::WrongLastMessageId => {
-                                PublishFailure::Conflict { last: None }
-                            }
-                            _ => unavailable(&e),
-                        };
-                        return (landed, Some(failure));
-                    }
+            let publish = jetstream::message::PublishMessage::build()
+                .header(SIGNATURE, signature.as_str())
+                .payload(payload)
+                .message_id(env.event_id.to_string())
+                .expected_last_sequence(env.seq - 1);
+            let ack = match self.js.send_publish(subject, publish).await {
+                Ok(ack) => ack,
+                Err(e) => return (landed, Some(unavailable(&e))),
+            };
+            match ack.await {
+                Ok(ack) if ack.sequence == env.seq => landed += 1,
+                Ok(ack) => {
+                    // Only a duplicate of an earlier publish of the same event id can land
+                    // elsewhere.
+                    return (
+                        landed,
+                        Some(PublishFailure::Unavailable(format!(
+                            "stream stored event {} at seq {}, expected {}",
+                            env.event_id, ack.sequence, env.seq
+                        ))),
+                    );
                 }
-            }
-            if send_failed.is_some() {
-                return (landed, send_failed);
+                Err(e) => {
+                    let failure = match e.kind() {
+                        PublishErrorKind::WrongLastSequence => PublishFailure::Conflict {
+                            last: last_sequence_in(&e.to_string()),
+                        },
+                        _ => unavailable(&e),
+                    };
+                    return (landed, Some(failure));
+                }
             }
         }
         (landed, None)

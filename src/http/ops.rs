@@ -126,6 +126,21 @@ pub async fn metrics(req: actix_web::HttpRequest, app: web::Data<AppState>) -> H
             ),
         ]);
     }
+    if let Some(r) = &app.rounds {
+        let (rounds, published) = r.counts();
+        gauges.extend([
+            (
+                "snaptrack_write_rounds_total",
+                "Writer rounds run: each publishes this node's waiting commands and claims in one burst.",
+                rounds as f64,
+            ),
+            (
+                "snaptrack_published_messages_total",
+                "Stream messages this node published (commands' events, usage records, claim messages).",
+                published as f64,
+            ),
+        ]);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(app.metrics.render(&gauges))

@@ -3,6 +3,7 @@
 mod account;
 mod admin;
 mod browser;
+mod claims;
 mod cli;
 mod cluster;
 mod crash;

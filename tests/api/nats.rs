@@ -18,6 +18,9 @@ pub struct NatsServer {
     env: Vec<(String, String)>,
     /// A signing key per node id of [`ROSTER`], each trusting all the others.
     pub keys: Keyring,
+    /// The server binary: `nats-server`, or a newer one for a clustered server (see
+    /// [`NatsCluster`]).
+    bin: String,
 }
 
 /// The node ids tests use; each gets a signing key that every node trusts.
@@ -79,6 +82,7 @@ impl NatsServer {
             args,
             env: vec![],
             keys: Keyring::new(),
+            bin: "nats-server".into(),
         };
         s.run();
         s
@@ -101,6 +105,7 @@ impl NatsServer {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             keys: Keyring::new(),
+            bin: "nats-server".into(),
         };
         let path = s.dir.path().join("nats.conf");
         std::fs::write(&path, config).unwrap();
@@ -139,7 +144,7 @@ impl NatsServer {
 
     /// Starts the server (again) on the same port and store.
     pub fn run(&mut self) {
-        let child = Command::new("nats-server")
+        let child = Command::new(&self.bin)
             .arg("-js")
             .args(&self.args)
             .arg("-p")
@@ -178,6 +183,97 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Three nats-servers clustered on loopback (routes on free ports), JetStream on each with
+/// `sync_interval: always`: the engine a deployment outgrows one machine with. Its config
+/// needs a server that knows `sync_interval` (2.10 or later; Debian 12 ships 2.9):
+/// `SNAPTRACK_TEST_NATS_SERVER` names it, else the one `scripts/install-nats-server` installs
+/// (`.ci/run` runs it).
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let bin = std::env::var("SNAPTRACK_TEST_NATS_SERVER")
+            .unwrap_or("/usr/local/bin/nats-server-2.15.1".into());
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "{bin} is missing: run scripts/install-nats-server (a NATS cluster with \
+             sync_interval needs nats-server 2.10 or later)"
+        );
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let list: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let servers = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| {
+                let mut s = NatsServer {
+                    port: free_port(),
+                    dir: tempfile::tempdir().unwrap(),
+                    child: None,
+                    args: vec![],
+                    env: vec![],
+                    // Nodes take theirs from the first server's (see `node_env`).
+                    keys: Keyring::new(),
+                    bin: bin.clone(),
+                };
+                let config = format!(
+                    "server_name: n{i}\njetstream {{ sync_interval: always }}\n\
+                     cluster {{ name: snaptrack, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                    list.join(", ")
+                );
+                let path = s.dir.path().join("nats.conf");
+                std::fs::write(&path, config).unwrap();
+                s.args = vec![
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-c".into(),
+                    path.display().to_string(),
+                    "-l".into(),
+                    s.dir.path().join("nats.log").display().to_string(),
+                ];
+                s
+            })
+            .collect::<Vec<_>>();
+        let mut c = NatsCluster { servers };
+        for s in &mut c.servers {
+            s.run();
+        }
+        c
+    }
+
+    /// The last lines of every server's log (for a failing test to show).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let log = std::fs::read_to_string(s.file("nats.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("--- nats n{i}\n"));
+            for l in &lines[lines.len().saturating_sub(25)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Every server's URL, as a node's `nats` setting takes a cluster.
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.servers.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+
+    /// The environment of node `id`: as [`NatsServer::node_env`], with every server's URL.
+    pub fn node_env(&self, id: &str) -> Vec<(String, String)> {
+        let mut env = self.servers[0].node_env(id);
+        env[0].1 = self.url();
+        env
     }
 }
 
