@@ -169,7 +169,7 @@ async fn no_window_admits_more_than_the_limit_across_its_boundaries() {
 
 #[tokio::test]
 async fn nats_killed_while_claims_are_outstanding_admits_no_more_than_the_limit() {
-    const LIMIT: usize = 2000;
+    const LIMIT: usize = 6000;
     let mut c = spawn_cluster_with(&starter(LIMIT, 3600)).await;
     let user = c.nodes[0].create_user("ann@example.com", "starter").await;
     let (token, _) = c.nodes[0].issue_token(user).await;
