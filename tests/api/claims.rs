@@ -219,6 +219,7 @@ async fn nats_killed_while_claims_are_outstanding_admits_no_more_than_the_limit(
 async fn a_three_server_nats_cluster_loses_a_server_mid_load_and_nothing_else() {
     const LIMIT: usize = 3000;
     let mut nats = crate::nats::NatsCluster::start();
+    nats.wait_for_jetstream().await;
     // CLUSTER_CONFIG ends in its [cluster] table.
     let config = format!(
         "{CLUSTER_CONFIG}replicas = 3\n[tiers.starter]\nrequests = {LIMIT}\nwindow_secs = 3600\n\

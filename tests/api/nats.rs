@@ -263,6 +263,22 @@ impl NatsCluster {
         out
     }
 
+    /// Waits until JetStream answers (the servers elected a meta leader): a node that starts
+    /// before cannot open its credential bucket and exits.
+    pub async fn wait_for_jetstream(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = async_nats::connect(self.servers[0].url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        while js.query_account().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no JetStream meta leader\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every server's URL, as a node's `nats` setting takes a cluster.
     pub fn url(&self) -> String {
         let urls: Vec<String> = self.servers.iter().map(NatsServer::url).collect();
