@@ -13,9 +13,9 @@ use std::sync::Arc;
 #[rtype(result = "Result<Vec<Envelope>, WriteError>")]
 pub struct Execute(pub Command);
 
-/// Drains the rate-limit buckets into `usage_recorded` events: cluster mode's claims, and,
-/// with `periods`, the records of the periods that ended. Replies with how many events were
-/// written. Only the usage round ([`crate::actors::flush_and_checkpoint`]) records periods: it
+/// Writes the usage due: with `periods`, the `usage_recorded` records of the periods that
+/// ended; in cluster mode also the claims due, in the next round's `usage_claimed` message.
+/// Replies with how many usage events were written. Only the usage round ([`crate::actors::flush_and_checkpoint`]) records periods: it
 /// checkpoints right after, so a period leaves the checkpoint only once its record is in.
 #[derive(Message)]
 #[rtype(result = "Result<usize, WriteError>")]

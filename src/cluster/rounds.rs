@@ -26,6 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
 
+/// What a command gets when other nodes kept appending first until its time was up.
+fn kept_appending() -> WriteError {
+    WriteError::Unavailable("other nodes kept appending first; try again".into())
+}
+
 /// How often an idle node looks for windows about to end (claims ahead of the next one).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -135,8 +140,10 @@ impl Rounds {
     }
 
     /// Waits for a round that started after the caller's claim was asked for (see
-    /// `RateLimits::demand`) to finish, for at most `timeout`. False: it did not in time.
-    pub async fn claim_round(&self, timeout: Duration) -> bool {
+    /// `RateLimits::demand`) to finish, for at most `catchup_timeout`. False: it did not in
+    /// time.
+    pub async fn claim_round(&self) -> bool {
+        let timeout = self.cluster.settings.catchup_timeout;
         let ticket = self.started.load(Ordering::SeqCst) + 1;
         self.state.rate_limits.demand().notify_one();
         let mut rx = self.finished.subscribe();
@@ -356,9 +363,7 @@ impl Rounds {
         let mut later = Vec::new();
         for mut job in commands {
             if Instant::now() >= job.deadline {
-                job.answer(Err(WriteError::Unavailable(
-                    "other nodes kept appending first; try again".into(),
-                )));
+                job.answer(Err(kept_appending()));
                 continue;
             }
             let events = match job.rest.take() {

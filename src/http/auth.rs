@@ -306,13 +306,7 @@ impl FromRequest for Caller {
                         tried.catch_up = true;
                     }
                     Step::Sync(rounds, reset) => {
-                        let timeout = req
-                            .app_data::<web::Data<AppState>>()
-                            .and_then(|a| a.cluster.as_ref())
-                            .map_or(std::time::Duration::from_secs(1), |c| {
-                                c.settings.catchup_timeout
-                            });
-                        if !rounds.claim_round(timeout).await {
+                        if !rounds.claim_round().await {
                             tracing::warn!("no claim round finished in time");
                         }
                         tried.syncs += 1;

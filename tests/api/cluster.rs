@@ -1,6 +1,6 @@
 //! Cluster mode: a `nats-server` of the test's own and three real nodes (`a`, `b`, `c`).
 
-use crate::helpers::{applied_seq, body, churn, metric, Acked, PASSWORD};
+use crate::helpers::{applied_seq, body, churn, metric, until_used_up, Acked, PASSWORD};
 use crate::nats::{spawn_cluster, spawn_cluster_with, spawn_node, CLUSTER_CONFIG};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -328,34 +328,12 @@ async fn nodes_share_one_rate_limit() {
     // Then each node, one request at a time, until it says the window is used up.
     let mut exhausted = String::new();
     for n in &c.nodes {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = n.get_test(token).await;
-            if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-                assert!(Instant::now() < deadline, "never answered");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            let reset = r.headers()["x-ratelimit-reset"]
-                .to_str()
-                .unwrap()
-                .to_owned();
-            if r.status() == StatusCode::OK {
-                *admitted.entry(reset).or_default() += 1;
-                continue;
-            }
-            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-            let retry: u64 = r.headers()["retry-after"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            if retry > 1 {
-                exhausted = reset;
-                break; // the window, not just this node's share, is used up
-            }
-            assert!(Instant::now() < deadline, "never exhausted");
+        let until = Instant::now() + Duration::from_secs(20);
+        let t = until_used_up(n, token, Duration::ZERO, until).await;
+        for (reset, k) in t.admitted {
+            *admitted.entry(reset).or_default() += k;
         }
+        exhausted = t.exhausted.expect("never exhausted");
     }
     // The window may have rolled over during the test (once an hour): count per window.
     // Nodes claim requests before admitting them, so the limit holds exactly.

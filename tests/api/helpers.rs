@@ -668,3 +668,55 @@ pub async fn applied_seq(app: &TestApp) -> u64 {
         .as_u64()
         .unwrap()
 }
+
+/// What one node answered a user's requests, counted by window (`X-RateLimit-Reset`).
+#[derive(Default)]
+pub struct Tally {
+    pub admitted: std::collections::HashMap<String, usize>,
+    /// The window this node found used up (a 429 with a Retry-After beyond the next sync).
+    pub exhausted: Option<String>,
+    pub unavailable: usize,
+}
+
+/// Sends requests with `token` to `node`, `pace` apart, until the node says the window (not
+/// just its grant) is used up, or `until` passes.
+pub async fn until_used_up(
+    node: &TestApp,
+    token: &str,
+    pace: Duration,
+    until: std::time::Instant,
+) -> Tally {
+    let mut t = Tally::default();
+    while std::time::Instant::now() < until {
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+        let r = node.get_test(token).await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // Too stale to decide for a moment, or the stream is down: not admitted.
+            t.unavailable += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let reset = r.headers()["x-ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        match r.status() {
+            StatusCode::OK => *t.admitted.entry(reset).or_default() += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if retry > 1 {
+                    t.exhausted = Some(reset);
+                    return t;
+                }
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    t
+}

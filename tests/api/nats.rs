@@ -95,17 +95,25 @@ impl NatsServer {
 
     /// As [`NatsServer::start_with_config`], with environment variables for the server.
     pub fn start_with_config_env(config: &str, env: &[(&str, &str)]) -> NatsServer {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut s = Self::configured(config, env, "nats-server".into());
+        s.run();
+        s
+    }
+
+    /// A server of `bin` on loopback, run from a configuration file's text; not started.
+    fn configured(config: &str, env: Vec<(String, String)>, bin: String) -> NatsServer {
         let mut s = NatsServer {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
             args: vec![],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env,
             keys: Keyring::new(),
-            bin: "nats-server".into(),
+            bin,
         };
         let path = s.dir.path().join("nats.conf");
         std::fs::write(&path, config).unwrap();
@@ -115,7 +123,6 @@ impl NatsServer {
             "-c".into(),
             path.display().to_string(),
         ];
-        s.run();
         s
     }
 
@@ -213,31 +220,15 @@ impl NatsCluster {
             .iter()
             .enumerate()
             .map(|(i, route)| {
-                let mut s = NatsServer {
-                    port: free_port(),
-                    dir: tempfile::tempdir().unwrap(),
-                    child: None,
-                    args: vec![],
-                    env: vec![],
-                    // Nodes take theirs from the first server's (see `node_env`).
-                    keys: Keyring::new(),
-                    bin: bin.clone(),
-                };
                 let config = format!(
                     "server_name: n{i}\njetstream {{ sync_interval: always }}\n\
                      cluster {{ name: snaptrack, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
                     list.join(", ")
                 );
-                let path = s.dir.path().join("nats.conf");
-                std::fs::write(&path, config).unwrap();
-                s.args = vec![
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-c".into(),
-                    path.display().to_string(),
-                    "-l".into(),
-                    s.dir.path().join("nats.log").display().to_string(),
-                ];
+                // Nodes take their keys from the first server's (see `node_env`).
+                let mut s = NatsServer::configured(&config, vec![], bin.clone());
+                let log = s.file("nats.log").display().to_string();
+                s.args.extend(["-l".into(), log]);
                 s
             })
             .collect::<Vec<_>>();
