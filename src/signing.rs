@@ -12,14 +12,15 @@
 //! Snaptrack-Signature: <signer's public key> <Ed25519 signature, 128 hex digits>
 //! ```
 //!
-//! The predecessor is there for messages published by earlier versions, which pipelined the
-//! events of a command (a regenerate's issue after its revoke, a usage flush of many users):
-//! each after the first was published with `Nats-Expected-Last-Msg-Id: <predecessor's event
-//! id>`, so the stream stored it only right after that event, and the signature covers the
-//! header's value. Such messages still verify. This version publishes each event only once
-//! the one before it is acknowledged (see `JetStreamBus::publish`), with no predecessor:
-//! each lands right after its predecessor or not at all.
-//!
+//! The predecessor binds a message to the event right before it in the stream. A node
+//! publishes a round's events pipelined, each expecting the stream's last sequence to be the
+//! one before its own; each after the first carries `Snaptrack-Follows: <predecessor's event
+//! id>` ([`FOLLOWS`]), and counts only if the stream's previous message is that event and
+//! counts itself (see `actors::replicator`): when a message of the burst is refused because
+//! another node's event took its place, a later one that fitted after that event is void.
+//! Earlier versions sent `Nats-Expected-Last-Msg-Id` instead, which nats-server enforced;
+//! such messages still verify.
+
 //! The payload does not change (the event JSON of `events/`), so subscribers that do not
 //! care keep reading it as before, and those that do verify with the public keys alone.
 //!
@@ -33,6 +34,12 @@ use std::path::Path;
 
 /// The header that carries a message's signature.
 pub const HEADER: &str = "Snaptrack-Signature";
+
+/// The header naming the event a message must follow directly (signed with it).
+pub const FOLLOWS: &str = "Snaptrack-Follows";
+
+/// The header earlier versions named the predecessor in (nats-server enforced it).
+pub const LEGACY_FOLLOWS: &str = "Nats-Expected-Last-Msg-Id";
 
 /// Why a message's signature was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,7 +178,7 @@ impl Signer {
     }
 
     /// As [`Signer::sign`], for a message that must follow the event `predecessor` (its
-    /// `Nats-Expected-Last-Msg-Id`).
+    /// [`FOLLOWS`] header).
     pub fn sign_after(&self, subject: &str, payload: &[u8], predecessor: Option<&str>) -> String {
         let sig = self.pair.sign(&signed_bytes(subject, payload, predecessor));
         format!("{} {}", self.public, hex::encode(sig.as_ref()))
@@ -215,8 +222,8 @@ impl Verifier {
         self.verify_after(subject, payload, header, None)
     }
 
-    /// As [`Verifier::verify`], for a stream message with this `Nats-Expected-Last-Msg-Id`
-    /// (`None`: it had none). A signature made for a message that had to follow another does
+    /// As [`Verifier::verify`], for a stream message that must follow this event ([`FOLLOWS`]
+    /// or [`LEGACY_FOLLOWS`]; `None`: it had neither). A signature made for a message that had to follow another does
     /// not hold for the same message without that condition.
     pub fn verify_after<'h>(
         &self,

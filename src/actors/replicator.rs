@@ -13,8 +13,9 @@
 //! nothing sends them messages.
 
 use crate::bus::SledLog;
+use crate::cluster::chain::{Chain, Message, Verdict};
 use crate::cluster::{Announcement, Cluster};
-use crate::event::{Envelope, Event};
+use crate::event::Event;
 use crate::signing::HEADER as SIGNATURE;
 use crate::state::State;
 use async_nats::jetstream;
@@ -42,6 +43,7 @@ pub fn start(
 
 async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) {
     let flushing = Arc::new(AtomicBool::new(false));
+    let mut chain = Chain::default();
     loop {
         // Create the stream only on a node that has applied nothing: one that has must find
         // the stream it came from, not a new empty one (which the staleness probe would then
@@ -95,7 +97,7 @@ async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) 
                 }
             };
             let Some(item) = item else { break };
-            match receive(&cluster, &state, &log, item).await {
+            match receive(&cluster, &state, &log, &mut chain, item).await {
                 Received::Applied => {}
                 Received::Skipped => continue,
                 Received::Reconnect => break,
@@ -149,6 +151,7 @@ async fn receive(
     cluster: &Cluster,
     state: &State,
     log: &SledLog,
+    chain: &mut Chain,
     item: Result<jetstream::Message, impl std::fmt::Display>,
 ) -> Received {
     let msg = match item {
@@ -173,38 +176,40 @@ async fn receive(
         tracing::warn!(expected, found = seq, "gap in the stream; refetching");
         return Received::Reconnect;
     }
-    // Only a trusted node's signature over this subject and these bytes makes a message an
-    // event; anything else on the subjects is someone else's and must not stop the node.
-    let header = header_of(&msg, SIGNATURE);
-    // An event an earlier version published to follow another carries that condition, and
-    // the signature covers it (see `signing`).
-    let predecessor = header_of(&msg, "Nats-Expected-Last-Msg-Id");
-    // What this node published itself, byte for byte and following nothing, is its own
-    // event: no need to check its signature (every node checks the others').
-    let own = predecessor.is_none() && cluster.bus.published_here(seq, &msg.payload);
-    // Written before nodes signed, by the operator's word (`unsigned_through`).
-    let history = header.is_none() && seq <= cluster.unsigned_through;
-    if !own && !history {
-        if let Err(why) =
-            cluster
-                .verifier
-                .verify_after(msg.subject.as_str(), &msg.payload, header, predecessor)
-        {
-            return pass_over(cluster, state, log, seq, &why.to_string());
+    let judged = chain
+        .judge(
+            cluster,
+            log,
+            Message {
+                seq,
+                subject: msg.subject.as_str(),
+                payload: &msg.payload,
+                headers: msg.headers.as_ref(),
+            },
+            true,
+        )
+        .await;
+    let env = match judged {
+        Ok(Verdict::Event(env)) => *env,
+        Ok(Verdict::PassOver(reason)) => {
+            chain.record(seq, None);
+            tracing::warn!(seq, reason, "rejected a message on the stream: not applied");
+            cluster.stream_rejected.fetch_add(1, Ordering::Relaxed);
+            return pass_over(state, log, cluster, seq);
         }
-    }
-    // With the log's upcasters: a v1 event's password hash goes to the credential store.
-    let env = match Envelope::decode_with(&msg.payload, seq, &log.upcasters()) {
-        Ok(env) if env.seq == seq => env,
-        // A real event published again: it was signed for another position.
-        Ok(env) => {
-            let reason = format!("signed for seq {}, not for this position", env.seq);
-            return pass_over(cluster, state, log, seq, &reason);
+        Ok(Verdict::Void(reason)) => {
+            chain.record(seq, None);
+            tracing::debug!(seq, reason, "passed over the rest of a burst cut short");
+            cluster.stream_void.fetch_add(1, Ordering::Relaxed);
+            return pass_over(state, log, cluster, seq);
         }
-        // Signed by a trusted node, yet not readable here (a version from the future): a real
-        // node's event this node cannot apply. Fail closed.
-        Err(e) => return halt(cluster, seq, &e.to_string()),
+        Ok(Verdict::Halt(reason)) => return halt(cluster, seq, &reason),
+        Err(e) => {
+            tracing::warn!(seq, error = %e, "cannot judge a message yet; reconnecting");
+            return Received::Reconnect;
+        }
     };
+    let event_id = env.event_id;
     // The node that revoked waits for everyone else to say they have it; it knows itself.
     let revocation = matches!(env.event, Event::TokenRevoked(_)) && env.node_id != cluster.node_id;
     if let Err(e) = log.mirror(&env) {
@@ -214,6 +219,7 @@ async fn receive(
     if let Err(e) = state.apply_owned(env) {
         return halt(cluster, seq, &e.to_string());
     }
+    chain.record(seq, Some(event_id));
     cluster.applied(seq);
     if revocation {
         // The revoking node is waiting for everyone to say they have it.
@@ -222,11 +228,9 @@ async fn receive(
     Received::Applied
 }
 
-/// Skips a message that is not a trusted node's event at `seq`: never applied, marked in the
-/// local log so that a restart passes over it too, counted, and warned about once.
-fn pass_over(cluster: &Cluster, state: &State, log: &SledLog, seq: u64, reason: &str) -> Received {
-    tracing::warn!(seq, reason, "rejected a message on the stream: not applied");
-    cluster.stream_rejected.fetch_add(1, Ordering::Relaxed);
+/// Skips a message that is not an event at `seq` (see [`Verdict`]): never applied, and marked
+/// in the local log so that a restart passes over it too.
+fn pass_over(state: &State, log: &SledLog, cluster: &Cluster, seq: u64) -> Received {
     if let Err(e) = log.mirror_foreign(seq) {
         state.poison();
         return halt(cluster, seq, &e.to_string());

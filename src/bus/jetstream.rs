@@ -1,6 +1,6 @@
 use crate::config::NatsAuth;
 use crate::event::Envelope;
-use crate::signing::{Signer, HEADER as SIGNATURE};
+use crate::signing::{Signer, FOLLOWS, HEADER as SIGNATURE};
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +33,8 @@ pub enum PublishFailure {
 /// A connection to NATS and the JetStream stream `SNAPTRACK_AUTH`.
 ///
 /// Publishing is optimistic concurrency: each event is published with
-/// `Nats-Expected-Last-Sequence` set to the sequence the writer validated against, so the
-/// stream accepts it only if nothing was appended in between, and the envelope's `seq` is
-/// exactly its stream sequence. `Nats-Msg-Id` is the event id, so a retried publish is
+/// `Nats-Expected-Last-Sequence` set to the sequence before its own, so the stream accepts
+/// it only right there, and the envelope's `seq` is exactly its stream sequence. `Nats-Msg-Id` is the event id, so a retried publish is
 /// stored once. Every message carries this node's signature (`Snaptrack-Signature`), which
 /// the other nodes check before applying it.
 #[derive(Clone)]
@@ -45,9 +44,17 @@ pub struct JetStreamBus {
     replicas: usize,
     signer: Arc<Signer>,
     /// What this node published lately, by the sequence it was published for: the
-    /// replicator recognises its own events byte for byte and skips checking their
-    /// signatures. A std mutex: held for a push or a pop, never across an `.await`.
-    sent: Arc<parking_lot::Mutex<std::collections::VecDeque<(u64, bytes::Bytes)>>>,
+    /// replicator recognises its own events byte for byte (and the event each had to
+    /// follow) and skips checking their signatures. A std mutex: held for a push or a pop,
+    /// never across an `.await`.
+    sent: Arc<parking_lot::Mutex<std::collections::VecDeque<Sent>>>,
+}
+
+/// A message this node published: its position, payload, and the event it follows.
+struct Sent {
+    seq: u64,
+    payload: bytes::Bytes,
+    follows: Option<String>,
 }
 
 /// Publishes remembered for [`JetStreamBus::published_here`]; older ones are checked like
@@ -79,16 +86,17 @@ impl JetStreamBus {
         })
     }
 
-    /// Whether the stream's message at `seq` is, byte for byte, what this node published for
-    /// that position. Forgets everything published for `seq` and before.
-    pub fn published_here(&self, seq: u64, payload: &[u8]) -> bool {
+    /// Whether the stream's message at `seq` is, byte for byte and with the same
+    /// [`FOLLOWS`], what this node published for that position. Forgets everything
+    /// published for `seq` and before.
+    pub fn published_here(&self, seq: u64, payload: &[u8], follows: Option<&str>) -> bool {
         let mut sent = self.sent.lock();
         let mut mine = false;
-        while let Some((at, bytes)) = sent.front() {
-            if *at > seq {
+        while let Some(s) = sent.front() {
+            if s.seq > seq {
                 break;
             }
-            mine |= *at == seq && bytes[..] == *payload;
+            mine |= s.seq == seq && s.payload[..] == *payload && s.follows.as_deref() == follows;
             sent.pop_front();
         }
         mine
@@ -135,67 +143,93 @@ impl JetStreamBus {
             .map_err(|e| format!("cannot open stream {STREAM}: {e}"))
     }
 
-    /// Publishes `envs` (consecutive sequence numbers) on their subjects, each accepted only
-    /// if the stream's last sequence is the one before it, one after the other: each is sent
-    /// once the previous one is acknowledged, so each lands right after its predecessor or
-    /// not at all. Returns how many landed, and why the next did not.
+    /// Publishes `envs` (consecutive sequence numbers, the first expecting the stream to end
+    /// at the one before it) on their subjects, pipelined: all are sent, then the acks are
+    /// read. Returns how many landed in a row from the first, and why the next did not.
     ///
-    /// Not pipelined: sent together, a message whose predecessor was refused could find the
-    /// sequence it expects taken by another node's event and land after that instead. The
-    /// stream's own guard for this, `Nats-Expected-Last-Msg-Id`, cannot be used: on a
-    /// clustered (R3) stream nats-server checks it again when it applies the message, and a
-    /// mismatch there is a critical write error that stops the stream for every node
-    /// (nats-server 2.15, seen by `tests/api/claims.rs`). A round costs a round trip per
-    /// message, then; rounds carry one claims message, however many users it holds.
+    /// Each message expects the stream's last sequence to be the one before its own, and
+    /// each after the first names its predecessor in [`FOLLOWS`] (signed with it). When one
+    /// is refused because another node's event took its place, a later one may still fit
+    /// after that event: it lands, but it does not follow its predecessor, so every node
+    /// passes over it (see `actors::replicator`), and the conflict's `last` counts it, so
+    /// the writer catches up past it. The stream's own guard, `Nats-Expected-Last-Msg-Id`,
+    /// is not used: on a clustered (R3) stream nats-server checks it again when it applies
+    /// a pipelined message, and a mismatch there is a critical write error that stops the
+    /// stream for every node (nats-server 2.15, seen by `tests/api/claims.rs`).
     pub async fn publish(&self, envs: &[Envelope]) -> (usize, Option<PublishFailure>) {
         let unavailable = |e: &dyn std::fmt::Display| PublishFailure::Unavailable(e.to_string());
-        let mut landed = 0;
-        for env in envs {
+        let mut acks = Vec::with_capacity(envs.len());
+        let mut failure = None;
+        for (i, env) in envs.iter().enumerate() {
             let subject = subject(env.event.kind());
             let payload = env.to_json();
-            let signature = self.signer.sign(&subject, &payload);
+            let follows = (i > 0).then(|| envs[i - 1].event_id.to_string());
+            let signature = self
+                .signer
+                .sign_after(&subject, &payload, follows.as_deref());
             let payload = bytes::Bytes::from(payload);
+            let mut publish = jetstream::message::PublishMessage::build()
+                .header(SIGNATURE, signature.as_str())
+                .payload(payload.clone())
+                .message_id(env.event_id.to_string())
+                .expected_last_sequence(env.seq - 1);
+            if let Some(f) = &follows {
+                publish = publish.header(FOLLOWS, f.as_str());
+            }
             {
                 let mut sent = self.sent.lock();
                 if sent.len() == SENT_KEPT {
                     sent.pop_front();
                 }
-                sent.push_back((env.seq, payload.clone()));
+                sent.push_back(Sent {
+                    seq: env.seq,
+                    payload,
+                    follows,
+                });
             }
-            let publish = jetstream::message::PublishMessage::build()
-                .header(SIGNATURE, signature.as_str())
-                .payload(payload)
-                .message_id(env.event_id.to_string())
-                .expected_last_sequence(env.seq - 1);
-            let ack = match self.js.send_publish(subject, publish).await {
-                Ok(ack) => ack,
-                Err(e) => return (landed, Some(unavailable(&e))),
-            };
-            match ack.await {
+            match self.js.send_publish(subject, publish).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    failure = Some(unavailable(&e));
+                    break;
+                }
+            }
+        }
+        let mut landed = 0;
+        // The highest sequence a message of this burst took after the first refused one.
+        let mut void_through = None;
+        for (ack, env) in acks.into_iter().zip(envs) {
+            let result = ack.await;
+            if failure.is_some() {
+                if let Ok(ack) = result {
+                    void_through = Some(ack.sequence);
+                }
+                continue;
+            }
+            match result {
                 Ok(ack) if ack.sequence == env.seq => landed += 1,
+                // Only a duplicate of an earlier publish of the same event id can land
+                // elsewhere.
                 Ok(ack) => {
-                    // Only a duplicate of an earlier publish of the same event id can land
-                    // elsewhere.
-                    return (
-                        landed,
-                        Some(PublishFailure::Unavailable(format!(
-                            "stream stored event {} at seq {}, expected {}",
-                            env.event_id, ack.sequence, env.seq
-                        ))),
-                    );
+                    failure = Some(PublishFailure::Unavailable(format!(
+                        "stream stored event {} at seq {}, expected {}",
+                        env.event_id, ack.sequence, env.seq
+                    )))
                 }
                 Err(e) => {
-                    let failure = match e.kind() {
+                    failure = Some(match e.kind() {
                         PublishErrorKind::WrongLastSequence => PublishFailure::Conflict {
                             last: last_sequence_in(&e.to_string()),
                         },
                         _ => unavailable(&e),
-                    };
-                    return (landed, Some(failure));
+                    })
                 }
             }
         }
-        (landed, None)
+        if let (Some(PublishFailure::Conflict { last }), Some(v)) = (&mut failure, void_through) {
+            *last = Some(last.map_or(v, |l| l.max(v)));
+        }
+        (landed, failure)
     }
 
     /// The stream, with its info as of now.
@@ -204,6 +238,21 @@ impl JetStreamBus {
             .get_stream(STREAM)
             .await
             .map_err(|e| format!("stream {STREAM} unavailable: {e}"))
+    }
+
+    /// The stream's message at `seq`, or `None` if the stream no longer holds it.
+    pub async fn message_at(
+        &self,
+        seq: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>, String> {
+        let stream = self.stream().await?;
+        match stream.get_raw_message(seq).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
+            Err(e) => Err(format!("cannot read seq {seq} of {STREAM}: {e}")),
+        }
     }
 
     /// The stream's last sequence.

@@ -11,6 +11,7 @@
 //! from sequence 1. [`rounds`]: the writer's rounds, which publish a node's commands and
 //! claims in one pipelined burst.
 
+pub mod chain;
 mod presence;
 pub mod rounds;
 pub mod shared;
@@ -78,6 +79,9 @@ pub struct Cluster {
     pub unsigned_through: u64,
     /// Stream messages skipped because no trusted key signed them for their position.
     pub stream_rejected: AtomicU64,
+    /// Stream messages passed over because they do not follow the event they name (the
+    /// rest of a burst another node's event cut short; see [`chain`]).
+    pub stream_void: AtomicU64,
     /// Presence messages ignored because no trusted key signed them.
     pub presence_rejected: AtomicU64,
     /// Set when a revocation was applied: the announcer says so at once. Requests made while
@@ -149,6 +153,7 @@ impl Cluster {
             verifier,
             unsigned_through,
             stream_rejected: AtomicU64::new(0),
+            stream_void: AtomicU64::new(0),
             presence_rejected: AtomicU64::new(0),
             announce_wanted: tokio::sync::Notify::new(),
         }

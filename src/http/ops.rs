@@ -115,6 +115,11 @@ pub async fn metrics(req: actix_web::HttpRequest, app: web::Data<AppState>) -> H
                 c.stream_rejected.load(Ordering::Relaxed) as f64,
             ),
             (
+                "snaptrack_stream_void_total",
+                "Signed messages passed over because they do not follow the event they name: the rest of a burst another node's event cut short.",
+                c.stream_void.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "snaptrack_presence_rejected_total",
                 "Presence messages ignored: unsigned, signed by an unknown key, or too old.",
                 c.presence_rejected.load(Ordering::Relaxed) as f64,

@@ -481,3 +481,161 @@ async fn history_written_before_signing_is_applied_only_up_to_unsigned_through()
         3.0
     );
 }
+
+/// Publishes `payload` on `subject` as node `signer` would in a pipelined burst: expecting
+/// position `seq`, and naming `follows` as its predecessor when given. Returns its event id.
+async fn publish_following(
+    js: &jetstream::Context,
+    signer: &snaptrack_auth::signing::Signer,
+    subject: &str,
+    payload: Vec<u8>,
+    seq: u64,
+    follows: Option<&str>,
+) -> String {
+    let event_id = serde_json::from_slice::<Value>(&payload).unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sig = signer.sign_after(subject, &payload, follows);
+    let mut msg = jetstream::message::PublishMessage::build()
+        .payload(payload.into())
+        .header("Snaptrack-Signature", sig.as_str())
+        .expected_last_sequence(seq - 1);
+    if let Some(f) = follows {
+        msg = msg.header("Snaptrack-Follows", f);
+    }
+    let ack = js
+        .send_publish(subject.to_owned(), msg)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack.sequence, seq);
+    event_id
+}
+
+#[tokio::test]
+async fn an_event_that_does_not_follow_the_event_it_names_is_void_on_every_node() {
+    use crate::nats::NatsServer;
+    let nats = NatsServer::start();
+    let mut a = spawn_node(&nats, "a", CLUSTER_CONFIG).await;
+    let user = a.create_user("ann@example.com", "pro").await;
+    let (kept, _) = a.issue_token(user).await;
+    // A clean stop shares a snapshot at s: a fresh node starts there, without the event at s
+    // in its mirror.
+    a.restart().await;
+    a.wait_ready().await;
+    let s = applied_seq(&a).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.get_stream("SNAPTRACK_AUTH").await.unwrap();
+    let mut template = None;
+    for seq in 1..=s {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        if m.subject.as_str() == "snaptrack.auth.v1.token.issued" {
+            template = Some(serde_json::from_slice::<Value>(&m.payload).unwrap());
+        }
+    }
+    let template = template.expect("a token_issued on the stream");
+    let at_s: Value =
+        serde_json::from_slice(&stream.get_raw_message(s).await.unwrap().payload).unwrap();
+    let at_s = at_s["event_id"].as_str().unwrap().to_owned();
+
+    // Signed by node a, as the rest of its bursts would be.
+    let signer = snaptrack_auth::signing::Signer::load(&nats.keys.path("a")).unwrap();
+    let subject = "snaptrack.auth.v1.token.issued";
+    let tokens: Vec<ApiToken> = (0..5).map(|_| ApiToken::generate()).collect();
+    let publish = |i: usize, follows: Option<String>| {
+        let payload = issued(&template, &tokens[i], s + 1 + i as u64);
+        let (js, signer) = (js.clone(), &signer);
+        async move {
+            publish_following(
+                &js,
+                signer,
+                subject,
+                payload,
+                s + 1 + i as u64,
+                follows.as_deref(),
+            )
+            .await
+        }
+    };
+    // s+1 follows the event at s: counts.
+    publish(0, Some(at_s)).await;
+    // s+2 names an event that is not the one before it: void.
+    let void = publish(1, Some(uuid::Uuid::new_v4().to_string())).await;
+    // s+3 follows s+2, which did not count: void too.
+    publish(2, Some(void)).await;
+    // s+4 follows nothing: counts; s+5 follows it: counts.
+    let first = publish(3, None).await;
+    publish(4, Some(first)).await;
+    let last = s + 5;
+
+    let check = |node: &crate::helpers::TestApp| {
+        let node_url = node.url.clone();
+        let tokens: Vec<String> = tokens.iter().map(|t| t.expose().to_owned()).collect();
+        let kept = kept.clone();
+        async move {
+            let client = reqwest::Client::new();
+            let status = |t: String| {
+                let (client, url) = (client.clone(), node_url.clone());
+                async move {
+                    client
+                        .get(format!("{url}/test"))
+                        .bearer_auth(t)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                }
+            };
+            assert_eq!(status(kept).await, StatusCode::OK);
+            let want = [
+                StatusCode::OK,
+                StatusCode::UNAUTHORIZED,
+                StatusCode::UNAUTHORIZED,
+                StatusCode::OK,
+                StatusCode::OK,
+            ];
+            for (i, (t, w)) in tokens.into_iter().zip(want).enumerate() {
+                assert_eq!(status(t).await, w, "{node_url}: token at s+{}", i + 1);
+            }
+        }
+    };
+    wait_for_seq(&a, last).await;
+    check(&a).await;
+    assert_eq!(metric(&a, "snaptrack_stream_void_total").await, 2.0);
+    assert_eq!(metric(&a, "snaptrack_stream_rejected_total").await, 0.0);
+
+    // A fresh node seeded from the snapshot at s fetches the event at s from the stream to
+    // judge s+1, and agrees.
+    let b = spawn_node(&nats, "b", CLUSTER_CONFIG).await;
+    assert!(
+        b.output()
+            .iter()
+            .any(|l| l.contains(&format!("seeded from the shared snapshot seq={s}"))),
+        "b starts from the snapshot"
+    );
+    wait_for_seq(&b, last).await;
+    check(&b).await;
+    assert_eq!(metric(&b, "snaptrack_stream_void_total").await, 2.0);
+
+    // A restart reads its verdicts back from the local mirror.
+    a.restart().await;
+    a.wait_ready().await;
+    wait_for_seq(&a, last).await;
+    check(&a).await;
+}
+
+/// Waits until `node` applied the stream up to `seq`.
+async fn wait_for_seq(node: &crate::helpers::TestApp, seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while applied_seq(node).await < seq {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not apply seq {seq}",
+            node.url
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
