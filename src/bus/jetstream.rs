@@ -160,6 +160,7 @@ impl JetStreamBus {
         let unavailable = |e: &dyn std::fmt::Display| PublishFailure::Unavailable(e.to_string());
         let mut acks = Vec::with_capacity(envs.len());
         let mut failure = None;
+        let mut landed = 0;
         for (i, env) in envs.iter().enumerate() {
             let subject = subject(env.event.kind());
             let payload = env.to_json();
@@ -187,18 +188,27 @@ impl JetStreamBus {
                     follows,
                 });
             }
-            match self.js.send_publish(subject, publish).await {
-                Ok(ack) => acks.push(ack),
+            let ack = match self.js.send_publish(subject, publish).await {
+                Ok(ack) => ack,
                 Err(e) => {
                     failure = Some(unavailable(&e));
                     break;
                 }
+            };
+            if i == 0 && envs.len() > 1 {
+                // The first one alone: most conflicts are over it, and a burst whose first
+                // message is refused sends nothing that could land after another's event.
+                if let Err(f) = settled(ack.await, env) {
+                    return (0, Some(f));
+                }
+                landed = 1;
+            } else {
+                acks.push((ack, env));
             }
         }
-        let mut landed = 0;
         // The highest sequence a message of this burst took after the first refused one.
         let mut void_through = None;
-        for (ack, env) in acks.into_iter().zip(envs) {
+        for (ack, env) in acks {
             let result = ack.await;
             if failure.is_some() {
                 if let Ok(ack) = result {
@@ -206,24 +216,9 @@ impl JetStreamBus {
                 }
                 continue;
             }
-            match result {
-                Ok(ack) if ack.sequence == env.seq => landed += 1,
-                // Only a duplicate of an earlier publish of the same event id can land
-                // elsewhere.
-                Ok(ack) => {
-                    failure = Some(PublishFailure::Unavailable(format!(
-                        "stream stored event {} at seq {}, expected {}",
-                        env.event_id, ack.sequence, env.seq
-                    )))
-                }
-                Err(e) => {
-                    failure = Some(match e.kind() {
-                        PublishErrorKind::WrongLastSequence => PublishFailure::Conflict {
-                            last: last_sequence_in(&e.to_string()),
-                        },
-                        _ => unavailable(&e),
-                    })
-                }
+            match settled(result, env) {
+                Ok(()) => landed += 1,
+                Err(f) => failure = Some(f),
             }
         }
         if let (Some(PublishFailure::Conflict { last }), Some(v)) = (&mut failure, void_through) {
@@ -284,6 +279,27 @@ impl JetStreamBus {
             .messages()
             .await
             .map_err(|e| format!("cannot consume {STREAM}: {e}"))
+    }
+}
+
+/// What an ack says of `env`: stored at its own sequence, or why not.
+fn settled(
+    result: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    env: &Envelope,
+) -> Result<(), PublishFailure> {
+    match result {
+        Ok(ack) if ack.sequence == env.seq => Ok(()),
+        // Only a duplicate of an earlier publish of the same event id can land elsewhere.
+        Ok(ack) => Err(PublishFailure::Unavailable(format!(
+            "stream stored event {} at seq {}, expected {}",
+            env.event_id, ack.sequence, env.seq
+        ))),
+        Err(e) => Err(match e.kind() {
+            PublishErrorKind::WrongLastSequence => PublishFailure::Conflict {
+                last: last_sequence_in(&e.to_string()),
+            },
+            _ => PublishFailure::Unavailable(e.to_string()),
+        }),
     }
 }
 

@@ -209,7 +209,7 @@ async fn a_three_server_nats_cluster_loses_a_server_mid_load_and_nothing_else() 
     let user = nodes[1].create_user("bob@example.com", "starter").await;
     let (token, _) = nodes[2].issue_token(user).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = Arc::new(crate::helpers::Progress::default());
     let writers: Vec<_> = nodes
         .iter()
         .map(|n| {
@@ -234,7 +234,11 @@ async fn a_three_server_nats_cluster_loses_a_server_mid_load_and_nothing_else() 
     let fault = async {
         // Some commands through, then one server of three dies (JetStream keeps a quorum).
         let deadline = Instant::now() + Duration::from_secs(30);
-        while progress_seen.load(std::sync::atomic::Ordering::Relaxed) < 20 {
+        while progress_seen
+            .revoked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 20
+        {
             if Instant::now() >= deadline {
                 for n in &nodes {
                     let out = n.output();
@@ -255,10 +259,16 @@ async fn a_three_server_nats_cluster_loses_a_server_mid_load_and_nothing_else() 
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         nats.servers[1].kill();
-        let at = progress_seen.load(std::sync::atomic::Ordering::Relaxed);
+        let at = progress_seen
+            .revoked
+            .load(std::sync::atomic::Ordering::Relaxed);
         // The writers get through again without it, and without a restart of any node.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while progress_seen.load(std::sync::atomic::Ordering::Relaxed) < at + 40 {
+        while progress_seen
+            .revoked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < at + 40
+        {
             assert!(
                 Instant::now() < deadline,
                 "no command got through after the kill"

@@ -208,6 +208,7 @@ async fn nats_killed_mid_stream_loses_no_acknowledged_event_and_nodes_recover() 
     let user = c.nodes[0].create_user("ann@example.com", "pro").await;
     let (old, _) = c.nodes[0].issue_token(user).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = Arc::new(crate::helpers::Progress::default());
     // Two writers issue and revoke on two nodes.
     let writers: Vec<_> = c.nodes[..2]
         .iter()
@@ -217,7 +218,7 @@ async fn nats_killed_mid_stream_loses_no_acknowledged_event_and_nodes_recover() 
                 n.admin_token.clone(),
                 user,
                 stop.clone(),
-                Arc::default(),
+                progress.clone(),
             ))
         })
         .collect();
@@ -254,6 +255,15 @@ async fn nats_killed_mid_stream_loses_no_acknowledged_event_and_nodes_recover() 
         "The event stream is unavailable; try again"
     );
     assert_eq!(token_list(&c.nodes[0], user).await, before);
+    // The writers meet the outage too before it ends (a request sent just before the
+    // restart may wait through it and succeed).
+    while progress.refused.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "no writer refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.nats.run();
     for n in &c.nodes {
         n.wait_ready().await;

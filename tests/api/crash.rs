@@ -6,7 +6,7 @@ use crate::helpers::{churn, spawn_app_with_config, Acked, TestApp};
 use crate::nats::{spawn_cluster_with, CLUSTER_CONFIG};
 use rand::Rng;
 use reqwest::StatusCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ const CONFIG: &str = "[throttle]\nauth_failures = 1000000\n[tiers.business]\nreq
 /// clients saw acknowledged.
 async fn churn_and_kill(apps: &mut [TestApp], nodes: &[usize], victim: usize, user: u64) -> Acked {
     let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(crate::helpers::Progress::default());
     let writers: Vec<_> = nodes
         .iter()
         .flat_map(|&n| [n, n])
@@ -34,7 +34,7 @@ async fn churn_and_kill(apps: &mut [TestApp], nodes: &[usize], victim: usize, us
         })
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while progress.load(Ordering::Relaxed) < 5 {
+    while progress.revoked.load(Ordering::Relaxed) < 5 {
         assert!(
             std::time::Instant::now() < deadline,
             "the load never got going"

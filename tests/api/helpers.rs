@@ -518,6 +518,15 @@ pub fn assert_no_secrets(what: &str, bytes: &[u8]) {
     assert!(!text.contains(PASSWORD), "{what} holds the password");
 }
 
+/// What [`churn`] has done so far, while it runs.
+#[derive(Default)]
+pub struct Progress {
+    /// Revokes acknowledged.
+    pub revoked: std::sync::atomic::AtomicUsize,
+    /// Commands answered 503.
+    pub refused: std::sync::atomic::AtomicUsize,
+}
+
 /// What a churning writer saw acknowledged.
 #[derive(Default)]
 pub struct Acked {
@@ -545,7 +554,7 @@ pub async fn churn(
     admin: String,
     user: u64,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    progress: Arc<std::sync::atomic::AtomicUsize>,
+    progress: Arc<Progress>,
 ) -> Acked {
     let client = Client::new();
     let mut acked = Acked::default();
@@ -564,6 +573,9 @@ pub async fn churn(
             StatusCode::CREATED => body(r).await,
             StatusCode::SERVICE_UNAVAILABLE => {
                 acked.refused += 1;
+                progress
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
@@ -585,11 +597,16 @@ pub async fn churn(
         match outcome.as_ref().map(|r| r.status()) {
             Ok(StatusCode::OK) => {
                 acked.revoked.push(token);
-                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                progress
+                    .revoked
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             // Not acknowledged: the stream may or may not have stored it before the error.
             Ok(StatusCode::SERVICE_UNAVAILABLE) => {
                 acked.refused += 1;
+                progress
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok(s) => panic!("unexpected {s}"),
