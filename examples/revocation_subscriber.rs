@@ -17,13 +17,78 @@
 //! prints its own at start-up, `snaptrack-auth keygen` printed it when the key was made),
 //! every message is checked as the nodes check it: the Ed25519 signature in its
 //! `Snaptrack-Signature` header, over its subject, a newline and its payload (and, for an
-//! event published to follow another, a newline and its `Nats-Expected-Last-Msg-Id`), by a
-//! trusted key, for the stream position it landed at. Anything else is reported as `REJECTED` and
-//! not believed. Credentials come from the environment, never the command line.
+//! event published to follow another, a newline and the event id in its `Snaptrack-Follows`,
+//! or in older messages `Nats-Expected-Last-Msg-Id`), by a trusted key, for the stream
+//! position it landed at; and one that names an event in `Snaptrack-Follows` counts only if
+//! the stream's message right before it is that event and counts itself (read back with
+//! direct gets: the rest of a node's burst that another node's event cut short is void).
+//! Anything else is reported as `REJECTED` and not believed. Credentials come from the
+//! environment, never the command line.
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
-use snaptrack_auth::signing::{Verifier, HEADER};
+use snaptrack_auth::signing::{Verifier, FOLLOWS, HEADER, LEGACY_FOLLOWS};
+
+/// A message's check under way: its event id and signer, or why it does not count.
+type Checking<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(String, String), String>> + 'a>>;
+
+/// Whether the message at `seq` (subject, payload, headers) is a trusted node's event for
+/// that position, following what it names: its event id and signer, or why not.
+fn check<'a>(
+    stream: &'a jetstream::stream::Stream,
+    verifier: &'a Verifier,
+    seq: u64,
+    subject: String,
+    payload: bytes::Bytes,
+    headers: Option<async_nats::HeaderMap>,
+) -> Checking<'a> {
+    Box::pin(async move {
+        let header = |name: &str| {
+            headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let follows = header(FOLLOWS);
+        let predecessor = follows.clone().or_else(|| header(LEGACY_FOLLOWS));
+        let key = verifier
+            .verify_after(
+                &subject,
+                &payload,
+                header(HEADER).as_deref(),
+                predecessor.as_deref(),
+            )
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        let env: serde_json::Value =
+            serde_json::from_slice(&payload).map_err(|e| format!("not an event ({e})"))?;
+        if env["seq"].as_u64() != Some(seq) {
+            return Err(format!("signed for another position than {seq}"));
+        }
+        if let Some(follows) = follows {
+            let before = stream
+                .get_raw_message(seq - 1)
+                .await
+                .map_err(|e| format!("cannot read seq {}: {e}", seq - 1))?;
+            let (id, _) = check(
+                stream,
+                verifier,
+                seq - 1,
+                before.subject.to_string(),
+                before.payload,
+                Some(before.headers),
+            )
+            .await
+            .map_err(|why| format!("void: the event before it does not count ({why})"))?;
+            if id != follows.trim() {
+                return Err(format!("void: follows {follows}, not the event before it"));
+            }
+        }
+        let id = env["event_id"].as_str().unwrap_or_default().to_owned();
+        Ok((id, key))
+    })
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -84,32 +149,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let msg = msg?;
         seen += 1;
         let position = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let signature = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(HEADER))
-            .map(|v| v.as_str());
         // The envelope: {"event_id", "seq", "occurred_at", "node_id", "type", "version", "data"}.
         let env = serde_json::from_slice::<serde_json::Value>(&msg.payload);
-        let checked = match (&verifier, &env) {
-            (None, _) => Ok("unchecked".to_owned()),
-            (Some(v), env) => v
-                .verify_after(
-                    msg.subject.as_str(),
-                    &msg.payload,
-                    signature,
-                    msg.headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Expected-Last-Msg-Id"))
-                        .map(|p| p.as_str()),
-                )
-                .map_err(|e| e.to_string())
-                .and_then(|key| match env {
-                    Ok(env) if env["seq"].as_u64() == Some(position) => {
-                        Ok(format!("signed by {key}"))
-                    }
-                    _ => Err(format!("signed for another position than {position}")),
-                }),
+        let checked = match &verifier {
+            None => Ok("unchecked".to_owned()),
+            Some(v) => check(
+                &stream,
+                v,
+                position,
+                msg.subject.to_string(),
+                msg.payload.clone(),
+                msg.headers.clone(),
+            )
+            .await
+            .map(|(_, key)| format!("signed by {key}")),
         };
         match (checked, env) {
             (Ok(by), Ok(env)) => println!(
