@@ -571,39 +571,8 @@ async fn an_event_that_does_not_follow_the_event_it_names_is_void_on_every_node(
     publish(4, Some(first)).await;
     let last = s + 5;
 
-    let check = |node: &crate::helpers::TestApp| {
-        let node_url = node.url.clone();
-        let tokens: Vec<String> = tokens.iter().map(|t| t.expose().to_owned()).collect();
-        let kept = kept.clone();
-        async move {
-            let client = reqwest::Client::new();
-            let status = |t: String| {
-                let (client, url) = (client.clone(), node_url.clone());
-                async move {
-                    client
-                        .get(format!("{url}/test"))
-                        .bearer_auth(t)
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                }
-            };
-            assert_eq!(status(kept).await, StatusCode::OK);
-            let want = [
-                StatusCode::OK,
-                StatusCode::UNAUTHORIZED,
-                StatusCode::UNAUTHORIZED,
-                StatusCode::OK,
-                StatusCode::OK,
-            ];
-            for (i, (t, w)) in tokens.into_iter().zip(want).enumerate() {
-                assert_eq!(status(t).await, w, "{node_url}: token at s+{}", i + 1);
-            }
-        }
-    };
     wait_for_seq(&a, last).await;
-    check(&a).await;
+    check_follows(&a, &kept, &tokens).await;
     assert_eq!(metric(&a, "snaptrack_stream_void_total").await, 2.0);
     assert_eq!(metric(&a, "snaptrack_stream_rejected_total").await, 0.0);
 
@@ -617,14 +586,14 @@ async fn an_event_that_does_not_follow_the_event_it_names_is_void_on_every_node(
         "b starts from the snapshot"
     );
     wait_for_seq(&b, last).await;
-    check(&b).await;
+    check_follows(&b, &kept, &tokens).await;
     assert_eq!(metric(&b, "snaptrack_stream_void_total").await, 2.0);
 
     // A restart reads its verdicts back from the local mirror.
     a.restart().await;
     a.wait_ready().await;
     wait_for_seq(&a, last).await;
-    check(&a).await;
+    check_follows(&a, &kept, &tokens).await;
 }
 
 /// Waits until `node` applied the stream up to `seq`.
@@ -637,5 +606,27 @@ async fn wait_for_seq(node: &crate::helpers::TestApp, seq: u64) {
             node.url
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What `node` answers for the tokens of the void-message test: the one issued before, and
+/// the five published at s+1..s+5 (s+2 and s+3 void).
+async fn check_follows(node: &crate::helpers::TestApp, kept: &str, tokens: &[ApiToken]) {
+    assert_eq!(node.get_test(kept).await.status(), StatusCode::OK);
+    let want = [
+        StatusCode::OK,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::OK,
+        StatusCode::OK,
+    ];
+    for (i, (t, w)) in tokens.iter().zip(want).enumerate() {
+        assert_eq!(
+            node.get_test(t.expose()).await.status(),
+            w,
+            "{}: token at s+{}",
+            node.url,
+            i + 1
+        );
     }
 }
