@@ -238,13 +238,23 @@ async fn forged_replayed_and_junk_messages_change_nothing_and_stop_no_node() {
     assert_eq!(a.get_test(&again).await.status(), StatusCode::OK);
     // The audit log reads past the marked positions too: every event, and the tokens valid
     // now (the two issued since, no forged one).
-    let out = a.replay(&["--at", &chrono::Utc::now().to_rfc3339()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    // The mirror is flushed behind the replicator (nothing waits for it): read until a's
+    // log on disk holds the last token.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = a.replay(&["--at", &chrono::Utc::now().to_rfc3339()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let valid = String::from_utf8_lossy(&out.stdout).lines().count();
+        if valid == 2 || Instant::now() >= deadline {
+            assert_eq!(valid, 2);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let out = a.replay(&["--type", "token_issued"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
