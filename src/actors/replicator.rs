@@ -4,7 +4,8 @@
 //!   applies each event to the projections: the "apply" flow for own and others' events
 //!   alike. It resumes from the local log's last sequence, skips redeliveries, and on a gap
 //!   starts a new consumer from the first missing sequence, so no event is applied twice or
-//!   out of order. A message that no trusted key signed for its position is never applied:
+//!   out of order; positions the stream no longer holds (usage past its retention) are
+//!   passed over. A message that no trusted key signed for its position is never applied:
 //!   it is passed over (and marked so in the local log), counted, and the node serves on.
 //! - The announcer says on `snaptrack.auth.nodes` how far this node has applied, hears the
 //!   others, and checks every interval that the node is caught up (bounded staleness).
@@ -173,8 +174,19 @@ async fn receive(
         return Received::Skipped;
     }
     if seq > expected {
-        tracing::warn!(expected, found = seq, "gap in the stream; refetching");
-        return Received::Reconnect;
+        // Positions the stream no longer holds (usage purged after its retention) are
+        // passed over; anything else is a delivery gap: fetch again from the first missing.
+        match cluster.bus.message_at(expected).await {
+            Ok(None) => {
+                if let Err(r) = pass_over_gone(state, log, cluster, chain, expected, seq) {
+                    return r;
+                }
+            }
+            Ok(Some(_)) | Err(_) => {
+                tracing::warn!(expected, found = seq, "gap in the stream; refetching");
+                return Received::Reconnect;
+            }
+        }
     }
     let judged = chain
         .judge(
@@ -186,7 +198,6 @@ async fn receive(
                 payload: &msg.payload,
                 headers: msg.headers.as_ref(),
             },
-            true,
         )
         .await;
     let env = match judged {
@@ -240,6 +251,31 @@ fn pass_over(state: &State, log: &SledLog, cluster: &Cluster, seq: u64) -> Recei
     }
     cluster.applied(seq);
     Received::Applied
+}
+
+/// Passes over the positions `from..to`, which the stream delivered nothing for and no
+/// longer holds (removed by the usage retention): nothing there counts.
+fn pass_over_gone(
+    state: &State,
+    log: &SledLog,
+    cluster: &Cluster,
+    chain: &mut Chain,
+    from: u64,
+    to: u64,
+) -> Result<(), Received> {
+    tracing::debug!(from, to, "positions gone from the stream; passed over");
+    for seq in from..to {
+        if let Err(e) = log.mirror_foreign(seq) {
+            state.poison();
+            return Err(halt(cluster, seq, &e.to_string()));
+        }
+        if let Err(e) = state.pass_over(seq) {
+            return Err(halt(cluster, seq, &e.to_string()));
+        }
+    }
+    chain.record(to - 1, None);
+    cluster.applied(to - 1);
+    Ok(())
 }
 
 fn halt(cluster: &Cluster, seq: u64, reason: &str) -> Received {

@@ -9,6 +9,10 @@ use std::time::Duration;
 pub const STREAM: &str = "SNAPTRACK_AUTH";
 /// The subjects the stream captures: one per event type.
 pub const SUBJECTS: &str = "snaptrack.auth.v1.>";
+/// The usage subjects (`usage_claimed`, `usage_recorded`): history with a retention of its
+/// own, purged from the stream once older than `usage_retention_days` (see
+/// `cluster::retention`). Every other subject is security history, kept for ever.
+pub const USAGE_SUBJECTS: &str = "snaptrack.auth.v1.usage.>";
 /// Where nodes announce themselves and their applied sequence (core NATS, not in the stream).
 pub const PRESENCE_SUBJECT: &str = "snaptrack.auth.nodes";
 
@@ -248,6 +252,19 @@ impl JetStreamBus {
             }
             Err(e) => Err(format!("cannot read seq {seq} of {STREAM}: {e}")),
         }
+    }
+
+    /// Removes the usage messages (`USAGE_SUBJECTS`) before sequence `below` from the stream;
+    /// the other messages stay where they are. Returns how many went.
+    pub async fn purge_usage(&self, below: u64) -> Result<u64, String> {
+        let stream = self.stream().await?;
+        let purged = stream
+            .purge()
+            .filter(USAGE_SUBJECTS)
+            .sequence(below)
+            .await
+            .map_err(|e| format!("cannot purge usage from {STREAM}: {e}"))?;
+        Ok(purged.purged)
     }
 
     /// The stream's last sequence.

@@ -59,16 +59,16 @@ impl Chain {
         self.last = Some((seq, event));
     }
 
-    /// Judges `msg`. `mine` lets a message this node published itself, byte for byte, skip
-    /// the signature check. An error: the predecessor could not be looked up (try again).
+    /// Judges `msg` as it came off the stream: a message this node published itself, byte
+    /// for byte, skips the signature check. An error: the predecessor could not be looked
+    /// up (try again).
     pub async fn judge(
         &mut self,
         cluster: &Cluster,
         log: &SledLog,
         msg: Message<'_>,
-        mine: bool,
     ) -> Result<Verdict, String> {
-        let (env, follows) = match check(cluster, log, &msg, mine) {
+        let (env, follows) = match check(cluster, log, &msg, true) {
             Checked::Event(env, follows) => (*env, follows),
             Checked::Not(verdict) => return Ok(verdict),
         };

@@ -9,10 +9,12 @@
 //!
 //! [`shared`]: snapshots shared through JetStream, so a new node need not read the stream
 //! from sequence 1. [`rounds`]: the writer's rounds, which publish a node's commands and
-//! claims in one pipelined burst.
+//! claims in one pipelined burst. [`retention`]: usage history leaves the stream after
+//! `usage_retention_days`.
 
 pub mod chain;
 mod presence;
+pub mod retention;
 pub mod rounds;
 pub mod shared;
 
@@ -82,6 +84,8 @@ pub struct Cluster {
     /// Stream messages passed over because they do not follow the event they name (the
     /// rest of a burst another node's event cut short; see [`chain`]).
     pub stream_void: AtomicU64,
+    /// Usage messages older than the retention this node purged from the stream.
+    pub usage_purged: AtomicU64,
     /// Presence messages ignored because no trusted key signed them.
     pub presence_rejected: AtomicU64,
     /// Set when a revocation was applied: the announcer says so at once. Requests made while
@@ -154,6 +158,7 @@ impl Cluster {
             unsigned_through,
             stream_rejected: AtomicU64::new(0),
             stream_void: AtomicU64::new(0),
+            usage_purged: AtomicU64::new(0),
             presence_rejected: AtomicU64::new(0),
             announce_wanted: tokio::sync::Notify::new(),
         }

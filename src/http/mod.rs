@@ -543,6 +543,10 @@ impl Application {
                     snapshots.clone(),
                     credentials.clone(),
                 )));
+                tasks.push(tokio::spawn(crate::cluster::retention::purge_periodically(
+                    cluster.clone(),
+                    log.clone(),
+                )));
                 // Aborted with the other tasks, after the last usage flush at a stop.
                 let (rounds, round_task) = Rounds::start(state.clone(), cluster.clone());
                 tasks.push(round_task);

@@ -120,6 +120,11 @@ pub async fn metrics(req: actix_web::HttpRequest, app: web::Data<AppState>) -> H
                 c.stream_void.load(Ordering::Relaxed) as f64,
             ),
             (
+                "snaptrack_stream_usage_purged_total",
+                "Usage messages older than usage_retention_days this node purged from the stream (security events are never purged).",
+                c.usage_purged.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "snaptrack_presence_rejected_total",
                 "Presence messages ignored: unsigned, signed by an unknown key, or too old.",
                 c.presence_rejected.load(Ordering::Relaxed) as f64,

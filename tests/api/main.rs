@@ -20,6 +20,7 @@ mod pages;
 mod public;
 mod ratelimit;
 mod restrictions;
+mod retention;
 mod secrets;
 mod security_log;
 mod tls;

@@ -494,7 +494,7 @@ async fn history_written_before_signing_is_applied_only_up_to_unsigned_through()
 
 /// Publishes `payload` on `subject` as node `signer` would in a pipelined burst: expecting
 /// position `seq`, and naming `follows` as its predecessor when given. Returns its event id.
-async fn publish_following(
+pub(crate) async fn publish_following(
     js: &jetstream::Context,
     signer: &snaptrack_auth::signing::Signer,
     subject: &str,
@@ -607,7 +607,7 @@ async fn an_event_that_does_not_follow_the_event_it_names_is_void_on_every_node(
 }
 
 /// Waits until `node` applied the stream up to `seq`.
-async fn wait_for_seq(node: &crate::helpers::TestApp, seq: u64) {
+pub(crate) async fn wait_for_seq(node: &crate::helpers::TestApp, seq: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while applied_seq(node).await < seq {
         assert!(

@@ -17,12 +17,18 @@ use chrono::{DateTime, Utc};
 const FROM: &str = "compacted_from";
 
 impl SledLog {
+    /// Where compaction got to: every usage event before this sequence occurred before the
+    /// cutoff of a compaction that ran, and left the log (1 before any did).
+    pub fn compacted_below(&self) -> Result<u64, LogError> {
+        Ok(self.meta(FROM)?.and_then(|v| v.parse().ok()).unwrap_or(1))
+    }
+
     /// Empties the positions of `usage_recorded` events that occurred before `cutoff`, in
     /// records that end at or before `through`. Blocking. Resumes where the last call
     /// stopped: records are in time order, so it stops at the first with younger usage.
     /// Returns how many records of usage went.
     pub fn compact_usage(&self, cutoff: DateTime<Utc>, through: u64) -> Result<u64, LogError> {
-        let from: u64 = self.meta(FROM)?.and_then(|v| v.parse().ok()).unwrap_or(1);
+        let from = self.compacted_below()?;
         let upcasters = self.upcasters();
         let (mut compacted, mut next) = (0u64, from);
         loop {
