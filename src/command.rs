@@ -10,8 +10,9 @@ use crate::event::{
 use crate::state::State;
 use chrono::{DateTime, Utc};
 
-/// A request to change state.
-#[derive(Debug, Clone)]
+/// A request to change state. It holds hashes and ids, never a secret, so a node may forward
+/// it to the cluster's writer (`cluster::forward`): what it carries the stream carries too.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     RegisterUser {
         email: Email,
@@ -68,6 +69,7 @@ pub enum Command {
         token_id: TokenId,
         hash: TokenHash,
         hint: String,
+        #[serde(with = "grace_ms")]
         grace: Option<chrono::Duration>,
     },
     RecordUsage(Vec<UsageRecorded>),
@@ -86,8 +88,26 @@ pub enum Command {
     },
 }
 
+/// A grace period as whole milliseconds (chrono's `Duration` has no serde form of its own).
+mod grace_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(g: &Option<chrono::Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match g {
+            Some(d) => s.serialize_some(&d.num_milliseconds()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<chrono::Duration>, D::Error> {
+        Ok(Option::<i64>::deserialize(d)?.map(chrono::Duration::milliseconds))
+    }
+}
+
 /// One token a leak report names, by its hash (the plaintext never reaches the writer).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LeakedToken {
     pub hash: TokenHash,
     pub url: String,
@@ -99,7 +119,7 @@ pub struct LeakedToken {
 pub const MAX_ACTIVE_TOKENS: usize = 100;
 
 /// Why a command was rejected. Each maps to one row of the error table.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum CommandError {
     #[error("a user with this email already exists")]
     EmailTaken,
@@ -116,7 +136,7 @@ pub enum CommandError {
 }
 
 /// Why a command did not happen (or, for `Unavailable`, may not have).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum WriteError {
     #[error(transparent)]
     Rejected(#[from] CommandError),

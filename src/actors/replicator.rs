@@ -221,8 +221,9 @@ async fn receive(
         }
     };
     let event_id = env.event_id;
-    // The node that revoked waits for everyone else to say they have it; it knows itself.
-    let revocation = matches!(env.event, Event::TokenRevoked(_)) && env.node_id != cluster.node_id;
+    // The node a revocation was asked of waits for everyone else to say they have it: that
+    // is the node that published it, or one that forwarded it to this one (the leader).
+    let revocation = matches!(env.event, Event::TokenRevoked(_));
     if let Err(e) = log.mirror(&env) {
         state.poison();
         return halt(cluster, seq, &e.to_string());

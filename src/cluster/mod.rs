@@ -9,10 +9,12 @@
 //!
 //! [`shared`]: snapshots shared through JetStream, so a new node need not read the stream
 //! from sequence 1. [`rounds`]: the writer's rounds, which publish a node's commands and
-//! claims in one pipelined burst. [`retention`]: usage history leaves the stream after
+//! claims in one pipelined burst. [`forward`]: commands go to one writer, the leader.
+//! [`retention`]: usage history leaves the stream after
 //! `usage_retention_days`.
 
 pub mod chain;
+pub mod forward;
 mod presence;
 pub mod retention;
 pub mod rounds;
@@ -86,6 +88,13 @@ pub struct Cluster {
     pub stream_void: AtomicU64,
     /// Usage messages older than the retention this node purged from the stream.
     pub usage_purged: AtomicU64,
+    /// Commands this node forwarded to the leader and got an answer for.
+    pub forwarded: AtomicU64,
+    /// Forwarded commands (or answers) refused: unsigned, replayed, not for this request.
+    pub forward_rejected: AtomicU64,
+    /// A leader that did not answer, and until when this node writes itself instead. A std
+    /// mutex: held for a comparison or an assignment.
+    suspect: parking_lot::Mutex<Option<(String, Instant)>>,
     /// Presence messages ignored because no trusted key signed them.
     pub presence_rejected: AtomicU64,
     /// Set when a revocation was applied: the announcer says so at once. Requests made while
@@ -159,6 +168,9 @@ impl Cluster {
             stream_rejected: AtomicU64::new(0),
             stream_void: AtomicU64::new(0),
             usage_purged: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            forward_rejected: AtomicU64::new(0),
+            suspect: parking_lot::Mutex::new(None),
             presence_rejected: AtomicU64::new(0),
             announce_wanted: tokio::sync::Notify::new(),
         }
@@ -167,6 +179,32 @@ impl Cluster {
     /// Called by the replicator after applying `seq`.
     pub fn applied(&self, seq: u64) {
         self.applied.send_replace(seq);
+    }
+
+    /// The node this one forwards its commands to: the live node with the smallest id, when
+    /// that is not this one (see [`forward`]).
+    pub fn leader(&self) -> Option<String> {
+        let now = Instant::now();
+        let leader = self
+            .peers
+            .smallest_live(now)
+            .filter(|id| *id < self.node_id)?;
+        let mut suspect = self.suspect.lock();
+        match &*suspect {
+            Some((id, until)) if *id == leader && now < *until => None,
+            Some(_) => {
+                *suspect = None;
+                Some(leader)
+            }
+            None => Some(leader),
+        }
+    }
+
+    /// The leader `id` did not answer a forwarded command: write here instead until the
+    /// presence timeout has had time to say whether it is gone.
+    pub fn suspect_leader(&self, id: &str) {
+        let until = Instant::now() + self.settings.max_staleness;
+        *self.suspect.lock() = Some((id.to_owned(), until));
     }
 
     pub fn applied_seq(&self) -> u64 {

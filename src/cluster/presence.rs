@@ -120,6 +120,16 @@ impl Peers {
         (done, pending)
     }
 
+    /// The smallest id among the live peers (this node not included).
+    pub fn smallest_live(&self, now: Instant) -> Option<String> {
+        let map = self.map.lock();
+        map.iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.seen) <= self.timeout)
+            .map(|(id, _)| id)
+            .min()
+            .cloned()
+    }
+
     /// Live nodes, this one included.
     pub fn live_count(&self, now: Instant) -> usize {
         let map = self.map.lock();

@@ -61,6 +61,8 @@ enum Job {
 struct CommandJob {
     cmd: Command,
     now: DateTime<Utc>,
+    /// The node the client called: its events name it.
+    origin: String,
     /// Other nodes may keep appending first: give up after this.
     deadline: Instant,
     /// Events of this command still to publish after some of them landed: they follow at
@@ -109,16 +111,40 @@ impl Rounds {
         (rounds, task)
     }
 
-    /// Runs `cmd` in the next round: validated, published, applied here.
+    /// Runs `cmd`: forwarded to the leader when there is one that takes it, otherwise in
+    /// this node's next round. Either way applied here before it returns.
     pub async fn execute(
         &self,
         cmd: Command,
         now: DateTime<Utc>,
     ) -> Result<Vec<Envelope>, WriteError> {
+        // Usage records are this node's own: it publishes them itself.
+        if !matches!(cmd, Command::RecordUsage(_)) {
+            if let Some(leader) = self.cluster.leader() {
+                let forwarded = super::forward::forward(&self.cluster, &leader, &cmd, now).await;
+                if let super::forward::Forwarded::Ran(result) = forwarded {
+                    return result;
+                }
+            }
+        }
+        let origin = self.cluster.node_id.clone();
+        self.execute_here(cmd, now, origin).await
+    }
+
+    /// Runs `cmd` in this node's next round: validated, published, applied here. Its events
+    /// name `origin` as their node: the node the client called (this one, or the one that
+    /// forwarded it).
+    pub async fn execute_here(
+        &self,
+        cmd: Command,
+        now: DateTime<Utc>,
+        origin: String,
+    ) -> Result<Vec<Envelope>, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.push(Job::Command(Box::new(CommandJob {
             cmd,
             now,
+            origin,
             deadline: Instant::now() + self.cluster.settings.catchup_timeout,
             rest: None,
             done: Vec::new(),
@@ -222,31 +248,36 @@ impl Rounds {
             let mut envs: Vec<Envelope> = Vec::new();
             let node = &self.cluster.node_id;
             let mut next = base;
-            let mut number = |event: Event, at: DateTime<Utc>| {
+            let mut number = |event: Event, at: DateTime<Utc>, node: &str| {
                 next += 1;
                 Envelope {
                     event_id: uuid::Uuid::new_v4(),
                     seq: next,
                     occurred_at: at,
-                    node_id: node.clone(),
+                    node_id: node.to_owned(),
                     event,
                 }
             };
             for (job, events) in &batch {
-                envs.extend(events.iter().cloned().map(|e| number(e, job.now)));
+                envs.extend(
+                    events
+                        .iter()
+                        .cloned()
+                        .map(|e| number(e, job.now, &job.origin)),
+                );
             }
             envs.extend(
                 usage
                     .records
                     .iter()
                     .cloned()
-                    .map(|r| number(Event::UsageRecorded(r), now)),
+                    .map(|r| number(Event::UsageRecorded(r), now, node)),
             );
             if !usage.claims.is_empty() {
                 let claims = UsageClaimed {
                     claims: usage.claims.clone(),
                 };
-                envs.push(number(Event::UsageClaimed(claims), Utc::now()));
+                envs.push(number(Event::UsageClaimed(claims), Utc::now(), node));
             }
             if envs.is_empty() && later.is_empty() {
                 for reply in usage.flushes.drain(..) {

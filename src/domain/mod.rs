@@ -91,6 +91,26 @@ impl std::fmt::Display for TokenId {
     }
 }
 
+/// Serde for a type that parses from a string: written as the string, read through
+/// `parse`, so a value that arrives over the wire (a forwarded command) holds the same
+/// invariants as one parsed from a request.
+macro_rules! serde_by_parse {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                <$t>::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+serde_by_parse!(TokenName, Email, UserName);
+
 /// A token's display name, 1–100 characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenName(String);

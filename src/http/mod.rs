@@ -550,6 +550,10 @@ impl Application {
                 // Aborted with the other tasks, after the last usage flush at a stop.
                 let (rounds, round_task) = Rounds::start(state.clone(), cluster.clone());
                 tasks.push(round_task);
+                tasks.push(tokio::spawn(crate::cluster::forward::serve(
+                    cluster.clone(),
+                    rounds.clone(),
+                )));
                 let writer = Writer::clustered(
                     state.clone(),
                     log.clone(),

@@ -125,6 +125,16 @@ pub async fn metrics(req: actix_web::HttpRequest, app: web::Data<AppState>) -> H
                 c.usage_purged.load(Ordering::Relaxed) as f64,
             ),
             (
+                "snaptrack_commands_forwarded_total",
+                "Commands this node forwarded to the cluster's writer (the live node with the smallest id) and got its answer for.",
+                c.forwarded.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "snaptrack_forward_rejected_total",
+                "Forwarded commands refused (unsigned, from an untrusted key, replayed, stale) and answers not signed for their request.",
+                c.forward_rejected.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "snaptrack_presence_rejected_total",
                 "Presence messages ignored: unsigned, signed by an unknown key, or too old.",
                 c.presence_rejected.load(Ordering::Relaxed) as f64,

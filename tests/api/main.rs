@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod dashboard;
+mod forward;
 mod hardening;
 mod helpers;
 mod history;
