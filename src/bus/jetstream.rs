@@ -160,7 +160,16 @@ impl JetStreamBus {
     /// is not used: on a clustered (R3) stream nats-server checks it again when it applies
     /// a pipelined message, and a mismatch there is a critical write error that stops the
     /// stream for every node (nats-server 2.15, seen by `tests/api/claims.rs`).
-    pub async fn publish(&self, envs: &[Envelope]) -> (usize, Option<PublishFailure>) {
+    ///
+    /// With `first_alone`, the first message is sent alone and acknowledged before the rest
+    /// go: most conflicts are over it, and a burst whose first message is refused then sends
+    /// nothing that could land after another's event. Worth a round trip only while other
+    /// nodes write too.
+    pub async fn publish(
+        &self,
+        envs: &[Envelope],
+        first_alone: bool,
+    ) -> (usize, Option<PublishFailure>) {
         let unavailable = |e: &dyn std::fmt::Display| PublishFailure::Unavailable(e.to_string());
         let mut acks = Vec::with_capacity(envs.len());
         let mut failure = None;
@@ -199,9 +208,7 @@ impl JetStreamBus {
                     break;
                 }
             };
-            if i == 0 && envs.len() > 1 {
-                // The first one alone: most conflicts are over it, and a burst whose first
-                // message is refused sends nothing that could land after another's event.
+            if i == 0 && first_alone && envs.len() > 1 {
                 if let Err(f) = settled(ack.await, env) {
                     return (0, Some(f));
                 }

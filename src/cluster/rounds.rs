@@ -21,7 +21,7 @@ use crate::event::{Claim, Envelope, Event, UsageClaimed, UsageRecorded};
 use crate::state::State;
 use chrono::{DateTime, Utc};
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
@@ -48,6 +48,9 @@ pub struct Rounds {
     finished: watch::Sender<u64>,
     /// Stream messages this node published.
     published: AtomicU64,
+    /// The last burst met another node's event: send the next one's first message alone
+    /// (see `JetStreamBus::publish`). With one writer (the leader) that is rare.
+    contended: AtomicBool,
 }
 
 enum Job {
@@ -106,6 +109,7 @@ impl Rounds {
             started: AtomicU64::new(0),
             finished: watch::Sender::new(0),
             published: AtomicU64::new(0),
+            contended: AtomicBool::new(false),
         });
         let task = tokio::spawn(rounds.clone().run());
         (rounds, task)
@@ -288,8 +292,13 @@ impl Rounds {
             let (landed, failure) = if envs.is_empty() {
                 (0, None)
             } else {
-                self.cluster.bus.publish(&envs).await
+                let contended = self.contended.load(Ordering::Relaxed);
+                self.cluster.bus.publish(&envs, contended).await
             };
+            self.contended.store(
+                matches!(failure, Some(PublishFailure::Conflict { .. })),
+                Ordering::Relaxed,
+            );
             self.published.fetch_add(landed as u64, Ordering::Relaxed);
             // Settle what landed: whole commands are answered once applied here; the rest
             // of a command cut short is published next, unvalidated.
