@@ -358,22 +358,19 @@ impl Rounds {
                 Some(PublishFailure::Conflict { last: stream_last }) => {
                     // Another node appended first: catch up with the stream, then again.
                     let caught_up = match stream_last {
-                        Some(l) if l < base => {
-                            // The stream holds less than this node applied: it was recreated
-                            // or lost events. Nothing published now could be trusted.
-                            self.cluster.halt();
-                            Err(format!(
-                                "the stream ends at seq {l} but this node applied seq {base}"
-                            ))
-                        }
-                        Some(l) => {
+                        // A conflict naming a last sequence below what this node applied
+                        // would mean the stream lost events; the error's figure is no proof
+                        // of that (a replicated stream's leader may report one it had not
+                        // caught up to), so ask the stream itself: `catch_up` fails closed
+                        // if it really ends before this node's state.
+                        Some(l) if l >= base => {
                             if self.cluster.wait_applied(l.max(last), timeout).await {
                                 Ok(())
                             } else {
                                 Err(format!("not caught up to seq {l} in time"))
                             }
                         }
-                        None => self
+                        _ => self
                             .cluster
                             .catch_up(timeout)
                             .await
