@@ -84,6 +84,8 @@ async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) 
         let mut watchdog = tokio::time::interval(STALL);
         watchdog.tick().await;
         let mut progress = state.applied_seq();
+        // The consumer's start, until its first message came.
+        let mut first = Some(start);
         loop {
             let item = tokio::select! {
                 item = messages.next() => item,
@@ -98,7 +100,8 @@ async fn replicate(cluster: Arc<Cluster>, state: Arc<State>, log: Arc<SledLog>) 
                 }
             };
             let Some(item) = item else { break };
-            match receive(&cluster, &state, &log, &mut chain, item).await {
+            let first_of = first.take();
+            match receive(&cluster, &state, &log, &mut chain, item, first_of).await {
                 Received::Applied => {}
                 Received::Skipped => continue,
                 Received::Reconnect => break,
@@ -147,13 +150,15 @@ enum Received {
     Halt,
 }
 
-/// Mirrors and applies one delivered message, if it is the next one.
+/// Mirrors and applies one delivered message, if it is the next one. `first_of`: the
+/// consumer's start, when this is its first message.
 async fn receive(
     cluster: &Cluster,
     state: &State,
     log: &SledLog,
     chain: &mut Chain,
     item: Result<jetstream::Message, impl std::fmt::Display>,
+    first_of: Option<u64>,
 ) -> Received {
     let msg = match item {
         Ok(m) => m,
@@ -174,18 +179,19 @@ async fn receive(
         return Received::Skipped;
     }
     if seq > expected {
-        // Positions the stream no longer holds (usage purged after its retention) are
-        // passed over; anything else is a delivery gap: fetch again from the first missing.
-        match cluster.bus.message_at(expected).await {
-            Ok(None) => {
-                if let Err(r) = pass_over_gone(state, log, cluster, chain, expected, seq) {
-                    return r;
-                }
+        // Positions the stream no longer holds below a trusted node's usage purge point
+        // are usage past its retention: passed over. Anything else is a delivery gap (fetch
+        // again from the first missing) or a message someone deleted (the node stalls and
+        // goes stale rather than skip it).
+        // A consumer started at `expected` never skips a message the stream holds, so its
+        // first one being `seq` means everything before it is gone.
+        if first_of == Some(expected) && seq <= cluster.purged_below() {
+            if let Err(r) = pass_over_gone(state, log, cluster, chain, expected, seq) {
+                return r;
             }
-            Ok(Some(_)) | Err(_) => {
-                tracing::warn!(expected, found = seq, "gap in the stream; refetching");
-                return Received::Reconnect;
-            }
+        } else {
+            tracing::warn!(expected, found = seq, "gap in the stream; refetching");
+            return Received::Reconnect;
         }
     }
     let judged = chain
@@ -221,9 +227,9 @@ async fn receive(
         }
     };
     let event_id = env.event_id;
-    // The node a revocation was asked of waits for everyone else to say they have it: that
-    // is the node that published it, or one that forwarded it to this one (the leader).
-    let revocation = matches!(env.event, Event::TokenRevoked(_));
+    // The node a revocation was asked of waits for everyone else to say they have it; it
+    // knows itself (the events of a forwarded command name the node that forwarded it).
+    let revocation = matches!(env.event, Event::TokenRevoked(_)) && env.node_id != cluster.node_id;
     if let Err(e) = log.mirror(&env) {
         state.poison();
         return halt(cluster, seq, &e.to_string());
@@ -313,6 +319,7 @@ async fn announce(cluster: Arc<Cluster>, state: Arc<State>) {
                 let Some(msg) = msg else { return };
                 match heard(&cluster, &msg) {
                     Ok(a) => {
+                        cluster.purged(a.usage_purged_below);
                         if let Err(e) = cluster.peers.heard(a, Instant::now()) {
                             tracing::error!(error = %e, "the node fails closed");
                             cluster.halt();

@@ -29,7 +29,6 @@ use crate::signing::HEADER as SIGNATURE;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,48 +103,17 @@ pub async fn forward(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(SIGNATURE, signer.sign(&subject, &payload).as_str());
     let timeout = cluster.settings.catchup_timeout * 2;
-    let sent = cluster
-        .bus
-        .client()
-        .send_request(
-            subject,
-            async_nats::Request::new()
-                .payload(payload.into())
-                .headers(headers)
-                .timeout(Some(timeout)),
-        )
-        .await;
-    let reply = match sent {
-        Ok(r) => r,
-        Err(e) if matches!(e.kind(), async_nats::RequestErrorKind::NoResponders) => {
-            return Forwarded::NotTaken
-        }
-        Err(e) => {
+    let answer = match ask(cluster, subject, headers, payload, id, timeout).await {
+        Asked::Answer(a) => a,
+        Asked::NoOne => return Forwarded::NotTaken,
+        Asked::Silence(why) => {
             // Sent, and no answer: it may have run. The next commands are written here
             // until it is clear whether the leader is gone.
             cluster.suspect_leader(leader);
             return Forwarded::Ran(Err(WriteError::Unavailable(format!(
-                "the cluster's writer {leader} did not answer: {e}"
+                "the cluster's writer {leader} did not answer: {why}"
             ))));
         }
-    };
-    let signed = reply.headers.as_ref().and_then(|h| h.get(SIGNATURE));
-    let trusted = cluster
-        .verifier
-        .verify(SIGNED_AS, &reply.payload, signed.map(|v| v.as_str()))
-        .is_ok();
-    let answer = serde_json::from_slice::<Answer>(&reply.payload)
-        .ok()
-        .filter(|a| trusted && a.id == id);
-    let Some(answer) = answer else {
-        tracing::warn!(
-            leader,
-            "an answer to a forwarded command was not the leader's"
-        );
-        cluster.forward_rejected.fetch_add(1, Ordering::Relaxed);
-        return Forwarded::Ran(Err(WriteError::Unavailable(
-            "the cluster's writer gave no trustworthy answer; the command may have happened".into(),
-        )));
     };
     let raws = match answer.outcome {
         Outcome::Declined => return Forwarded::NotTaken,
@@ -176,6 +144,63 @@ pub async fn forward(
     Forwarded::Ran(Ok(envs))
 }
 
+enum Asked {
+    /// The leader's answer, signed for the request.
+    Answer(Answer),
+    /// NATS says no one listens on the subject.
+    NoOne,
+    /// No trusted answer in time.
+    Silence(String),
+}
+
+/// Publishes the request and waits for the answer the leader signed for `id`: anything else
+/// on the reply subject (someone else's junk, an answer to another request) is counted and
+/// ignored, so it can neither stand for the answer nor cut the wait short.
+async fn ask(
+    cluster: &Cluster,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Vec<u8>,
+    id: uuid::Uuid,
+    timeout: Duration,
+) -> Asked {
+    let client = cluster.bus.client();
+    let inbox = client.new_inbox();
+    let mut replies = match client.subscribe(inbox.clone()).await {
+        Ok(s) => s,
+        Err(e) => return Asked::Silence(e.to_string()),
+    };
+    if let Err(e) = client
+        .publish_with_reply_and_headers(subject, inbox, headers, payload.into())
+        .await
+    {
+        return Asked::Silence(e.to_string());
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let reply = match tokio::time::timeout_at(deadline, replies.next()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Asked::Silence("the connection closed".into()),
+            Err(_) => return Asked::Silence("timed out".into()),
+        };
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Asked::NoOne;
+        }
+        let signed = reply.headers.as_ref().and_then(|h| h.get(SIGNATURE));
+        let trusted = cluster
+            .verifier
+            .verify(SIGNED_AS, &reply.payload, signed.map(|v| v.as_str()))
+            .is_ok();
+        match serde_json::from_slice::<Answer>(&reply.payload) {
+            Ok(a) if trusted && a.id == id => return Asked::Answer(a),
+            _ => {
+                tracing::warn!("ignored an answer to a forwarded command: not the leader's");
+                cluster.forward_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// Takes the commands other nodes forward to this one, runs each in this node's rounds and
 /// answers. Runs until aborted.
 pub async fn serve(cluster: Arc<Cluster>, rounds: Arc<Rounds>) {
@@ -194,9 +219,15 @@ pub async fn serve(cluster: Arc<Cluster>, rounds: Arc<Rounds>) {
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
-        let request = match admit(&cluster, &seen, &msg) {
-            Ok(r) => r,
-            Err(why) => {
+        let (id, run) = match admit(&cluster, &seen, &msg) {
+            Admitted::Run(r) => (r.id, Some(r)),
+            Admitted::Decline(id, why) => {
+                // A trusted node's request this node will not run (stale: the clocks
+                // disagree; unreadable: another version): say so, it never ran.
+                tracing::warn!(reason = why, "declined a forwarded command");
+                (id, None)
+            }
+            Admitted::Refuse(why) => {
                 tracing::warn!(reason = why, "refused a forwarded command");
                 cluster.forward_rejected.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -204,28 +235,18 @@ pub async fn serve(cluster: Arc<Cluster>, rounds: Arc<Rounds>) {
         };
         let (cluster, rounds) = (cluster.clone(), rounds.clone());
         tokio::spawn(async move {
-            let outcome = if cluster.is_halted() || !cluster.is_fresh() {
-                Outcome::Declined
-            } else {
-                match rounds
+            let outcome = match run {
+                None => Outcome::Declined,
+                Some(_) if cluster.is_halted() || !cluster.is_fresh() => Outcome::Declined,
+                Some(request) => match rounds
                     .execute_here(request.cmd, request.now, request.from)
                     .await
                 {
-                    Ok(envs) => Outcome::Done(
-                        envs.iter()
-                            .filter_map(|e| {
-                                let json = String::from_utf8(e.to_json()).ok()?;
-                                serde_json::value::RawValue::from_string(json).ok()
-                            })
-                            .collect(),
-                    ),
+                    Ok(envs) => done(&envs),
                     Err(e) => Outcome::Failed(e),
-                }
+                },
             };
-            let answer = Answer {
-                id: request.id,
-                outcome,
-            };
+            let answer = Answer { id, outcome };
             let Ok(payload) = serde_json::to_vec(&answer) else {
                 return;
             };
@@ -244,40 +265,100 @@ pub async fn serve(cluster: Arc<Cluster>, rounds: Arc<Rounds>) {
     }
 }
 
-/// Request ids run lately, with when they arrived: a replay within [`RECENT`] is refused
-/// by id, one after it by its age.
-#[derive(Default)]
-struct Seen {
-    ids: HashMap<uuid::Uuid, Instant>,
+/// The answer for events that landed: their envelope JSON.
+fn done(envs: &[Envelope]) -> Outcome {
+    let mut raws = Vec::with_capacity(envs.len());
+    for env in envs {
+        let raw = String::from_utf8(env.to_json())
+            .ok()
+            .and_then(|json| serde_json::value::RawValue::from_string(json).ok());
+        match raw {
+            Some(r) => raws.push(r),
+            // Cannot happen (the envelope is JSON this node wrote); never answer short.
+            None => {
+                return Outcome::Failed(WriteError::Storage(
+                    "an appended event could not be encoded for the answer".into(),
+                ))
+            }
+        }
+    }
+    Outcome::Done(raws)
 }
 
-/// A forwarded request this node may run: signed by a trusted node for this subject,
-/// readable, recent, and new.
+/// Request ids run lately, in the order they came: a replay within [`RECENT`] is refused
+/// by id, one after it by its age, one sent before this process started by that.
+#[derive(Default)]
+struct Seen {
+    ids: std::collections::HashSet<uuid::Uuid>,
+    order: std::collections::VecDeque<(Instant, uuid::Uuid)>,
+}
+
+impl Seen {
+    /// Remembers `id`; false if it was seen within the window.
+    fn first_time(&mut self, id: uuid::Uuid, now: Instant) -> bool {
+        while let Some((at, old)) = self.order.front().copied() {
+            if now.duration_since(at) <= RECENT * 2 {
+                break;
+            }
+            self.order.pop_front();
+            self.ids.remove(&old);
+        }
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back((now, id));
+        true
+    }
+}
+
+enum Admitted {
+    Run(Request),
+    /// A trusted node's request not to run: answered "declined" (it never ran).
+    Decline(uuid::Uuid, &'static str),
+    /// Not a trusted node's, or a replay: no answer.
+    Refuse(&'static str),
+}
+
+/// Whether a forwarded request may run: signed by a trusted node for this subject,
+/// readable, recent, sent since this process started, and new.
 fn admit(
     cluster: &Cluster,
     seen: &parking_lot::Mutex<Seen>,
     msg: &async_nats::Message,
-) -> Result<Request, &'static str> {
+) -> Admitted {
     let signed = msg.headers.as_ref().and_then(|h| h.get(SIGNATURE));
-    cluster
+    if cluster
         .verifier
         .verify(
             msg.subject.as_str(),
             &msg.payload,
             signed.map(|v| v.as_str()),
         )
-        .map_err(|_| "not signed by a trusted node")?;
-    let request: Request = serde_json::from_slice(&msg.payload).map_err(|_| "unreadable")?;
-    let age = Utc::now().timestamp_millis() - request.sent_at_ms;
-    if age.unsigned_abs() > RECENT.as_millis() as u64 {
-        return Err("not recent: a replay");
+        .is_err()
+    {
+        return Admitted::Refuse("not signed by a trusted node");
     }
-    let mut seen = seen.lock();
-    let now = Instant::now();
-    seen.ids
-        .retain(|_, at| now.duration_since(*at) <= RECENT * 2);
-    if seen.ids.insert(request.id, now).is_some() {
-        return Err("sent before: a replay");
+    let request: Request = match serde_json::from_slice(&msg.payload) {
+        Ok(r) => r,
+        Err(_) => {
+            let id = serde_json::from_slice::<serde_json::Value>(&msg.payload)
+                .ok()
+                .and_then(|v| v["id"].as_str().and_then(|s| s.parse().ok()));
+            return match id {
+                Some(id) => Admitted::Decline(id, "unreadable here (another version?)"),
+                None => Admitted::Refuse("unreadable"),
+            };
+        }
+    };
+    if request.sent_at_ms < cluster.started_at_ms() {
+        return Admitted::Refuse("sent before this process started: a replay");
     }
-    Ok(request)
+    let age = Utc::now().timestamp_millis().abs_diff(request.sent_at_ms);
+    if age > RECENT.as_millis() as u64 {
+        return Admitted::Decline(request.id, "not recent (clocks apart?)");
+    }
+    if !seen.lock().first_time(request.id, Instant::now()) {
+        return Admitted::Refuse("sent before: a replay");
+    }
+    Admitted::Run(request)
 }

@@ -88,6 +88,12 @@ pub struct Cluster {
     pub stream_void: AtomicU64,
     /// Usage messages older than the retention this node purged from the stream.
     pub usage_purged: AtomicU64,
+    /// This node purged the stream's usage below this sequence (it says so in its
+    /// announcements).
+    pub purged_here: AtomicU64,
+    /// The highest such point a trusted node (this one included) announced: missing
+    /// positions below it may be passed over, nowhere else.
+    purged_below: AtomicU64,
     /// Commands this node forwarded to the leader and got an answer for.
     pub forwarded: AtomicU64,
     /// Forwarded commands (or answers) refused: unsigned, replayed, not for this request.
@@ -168,6 +174,8 @@ impl Cluster {
             stream_rejected: AtomicU64::new(0),
             stream_void: AtomicU64::new(0),
             usage_purged: AtomicU64::new(0),
+            purged_here: AtomicU64::new(0),
+            purged_below: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             forward_rejected: AtomicU64::new(0),
             suspect: parking_lot::Mutex::new(None),
@@ -179,6 +187,21 @@ impl Cluster {
     /// Called by the replicator after applying `seq`.
     pub fn applied(&self, seq: u64) {
         self.applied.send_replace(seq);
+    }
+
+    /// When this process started (Unix milliseconds).
+    pub fn started_at_ms(&self) -> i64 {
+        self.started_at_ms
+    }
+
+    /// Notes a usage purge point a trusted node announced (or this one made).
+    pub fn purged(&self, below: u64) {
+        self.purged_below.fetch_max(below, Ordering::Relaxed);
+    }
+
+    /// Missing stream positions below this are usage purged after its retention.
+    pub fn purged_below(&self) -> u64 {
+        self.purged_below.load(Ordering::Relaxed)
     }
 
     /// The node this one forwards its commands to: the live node with the smallest id, when
@@ -386,6 +409,7 @@ impl Cluster {
             applied_seq: self.applied_seq(),
             leaving,
             sent_at_ms: chrono::Utc::now().timestamp_millis(),
+            usage_purged_below: self.purged_here.load(Ordering::Relaxed),
         };
         if let Ok(bytes) = serde_json::to_vec(&msg) {
             if let Err(e) = self

@@ -19,6 +19,11 @@ pub struct Announcement {
     /// than the staleness bound and ignored.
     #[serde(default)]
     pub sent_at_ms: i64,
+    /// The node purged the stream's usage below this sequence (see `cluster::retention`):
+    /// positions missing there are usage past its retention, which a node reading across
+    /// them may pass over. Anywhere else a missing position stops the reader.
+    #[serde(default)]
+    pub usage_purged_below: u64,
 }
 
 impl Announcement {
@@ -151,6 +156,7 @@ mod tests {
             applied_seq: seq,
             leaving: false,
             sent_at_ms: 0,
+            usage_purged_below: 0,
         }
     }
 

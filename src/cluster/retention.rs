@@ -9,8 +9,10 @@
 //! `snaptrack.auth.v1.usage.>` messages only, and the sequence numbers of everything else
 //! stay. The point is the log's compaction point (`SledLog::compacted_below`): every usage
 //! event before it is older than the retention, rolled up here, and covered by the oldest
-//! snapshot this node keeps, so no start of this node needs what goes; a node that reads
-//! the stream across the hole passes over the missing positions (see the replicator). No
+//! snapshot this node keeps, so no start of this node needs what goes. The node says how far
+//! it purged in its (signed) announcements; a node that reads the stream across the hole
+//! passes over missing positions below the highest such point it heard, and nowhere else (a
+//! message deleted by anyone else stops it, as before: it fails closed). No
 //! security event names a usage message as its predecessor (a burst publishes its commands'
 //! events first), so the rule of [`super::chain`] never voids one for a purge.
 
@@ -43,6 +45,8 @@ pub async fn purge_periodically(cluster: Arc<Cluster>, log: Arc<SledLog>) {
         match cluster.bus.purge_usage(below).await {
             Ok(purged) => {
                 purged_below = below;
+                cluster.purged_here.store(below, Ordering::Relaxed);
+                cluster.purged(below);
                 cluster.usage_purged.fetch_add(purged, Ordering::Relaxed);
                 if purged > 0 {
                     tracing::info!(

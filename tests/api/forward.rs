@@ -51,6 +51,16 @@ async fn commands_on_any_node_are_written_by_the_leader_and_forged_or_replayed_o
     let r = b.put_subscription(user, &to("starter")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(body(r).await["user"]["subscription_tier"], "starter");
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream("SNAPTRACK_AUTH").await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let changed: Value =
+        serde_json::from_slice(&stream.get_raw_message(last).await.unwrap().payload).unwrap();
+    assert_eq!(changed["type"], "subscription_changed");
+    assert_eq!(
+        changed["node_id"], "b",
+        "events name the node the client called"
+    );
     // (Before any token check: those make b publish its own rate-limit claims.)
     assert_eq!(metric(b, "snaptrack_published_messages_total").await, 0.0);
     for n in &c.nodes {
@@ -106,6 +116,33 @@ async fn commands_on_any_node_are_written_by_the_leader_and_forged_or_replayed_o
     for n in &c.nodes {
         assert_eq!(tier(n, user).await, "business", "{}", n.url);
     }
+
+    // Someone else answers first, with the right request id but no leader's signature: b
+    // ignores it, counts it, and takes the leader's answer.
+    let mut liar = client
+        .subscribe("snaptrack.auth.nodes.a.commands")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let liar_client = client.clone();
+    let lying = tokio::spawn(async move {
+        while let Some(m) = liar.next().await {
+            let id = serde_json::from_slice::<Value>(&m.payload).unwrap()["id"].clone();
+            let answer = json!({"id": id, "outcome": {"Failed": {"Rejected": "UserNotFound"}}});
+            let reply = m.reply.unwrap();
+            liar_client
+                .publish(reply, serde_json::to_vec(&answer).unwrap().into())
+                .await
+                .unwrap();
+        }
+    });
+    let (third, _) = c.nodes[1].issue_token(user).await;
+    assert_eq!(c.nodes[2].get_test(&third).await.status(), StatusCode::OK);
+    assert_eq!(
+        metric(&c.nodes[1], "snaptrack_forward_rejected_total").await,
+        1.0
+    );
+    lying.abort();
 
     // The leader gone: b writes itself. (NATS would answer "no responders" at once, but
     // the test's recorder listens on every subject: b waits for an answer in vain once, says
