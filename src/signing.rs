@@ -183,6 +183,23 @@ impl Signer {
         let sig = self.pair.sign(&signed_bytes(subject, payload, predecessor));
         format!("{} {}", self.public, hex::encode(sig.as_ref()))
     }
+
+    /// NATS headers carrying the signature of `payload` as `signed_as` (the subject it is
+    /// published on, or the name a reply is signed under): for core NATS messages, which
+    /// follow no event.
+    pub fn headers(&self, signed_as: &str, payload: &[u8]) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER, self.sign(signed_as, payload).as_str());
+        headers
+    }
+}
+
+/// A NATS message's [`HEADER`], if it has one.
+pub fn signature_of(msg: &async_nats::Message) -> Option<&str> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER))
+        .map(|v| v.as_str())
 }
 
 /// The keys a node accepts messages from: its own and `[cluster] trusted_keys`.

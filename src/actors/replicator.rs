@@ -17,7 +17,7 @@ use crate::bus::SledLog;
 use crate::cluster::chain::{Chain, Message, Verdict};
 use crate::cluster::{Announcement, Cluster};
 use crate::event::Event;
-use crate::signing::HEADER as SIGNATURE;
+use crate::signing::signature_of;
 use crate::state::State;
 use async_nats::jetstream;
 use futures_util::StreamExt;
@@ -352,17 +352,9 @@ async fn announce(cluster: Arc<Cluster>, state: Arc<State>) {
     }
 }
 
-/// A message's header `name`, if it has one.
-fn header_of<'m>(msg: &'m async_nats::Message, name: &'static str) -> Option<&'m str> {
-    msg.headers
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .map(|v| v.as_str())
-}
-
 /// The announcement in a presence message, if a trusted node signed it lately.
 fn heard(cluster: &Cluster, msg: &async_nats::Message) -> Result<Announcement, String> {
-    let header = header_of(msg, SIGNATURE);
+    let header = signature_of(msg);
     let checked = serde_json::from_slice::<Announcement>(&msg.payload)
         .map_err(|e| e.to_string())
         .and_then(|a| {

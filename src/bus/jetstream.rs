@@ -123,8 +123,7 @@ impl JetStreamBus {
         subject: &'static str,
         payload: Vec<u8>,
     ) -> Result<(), String> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(SIGNATURE, self.signer.sign(subject, &payload).as_str());
+        let headers = self.signer.headers(subject, &payload);
         self.client
             .publish_with_headers(subject, headers, payload.into())
             .await

@@ -25,7 +25,7 @@ use super::rounds::Rounds;
 use super::Cluster;
 use crate::command::{Command, WriteError};
 use crate::event::Envelope;
-use crate::signing::HEADER as SIGNATURE;
+use crate::signing::signature_of;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -100,8 +100,7 @@ pub async fn forward(
     };
     let subject = subject(leader);
     let (_, signer, _) = cluster.bus.jetstream();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(SIGNATURE, signer.sign(&subject, &payload).as_str());
+    let headers = signer.headers(&subject, &payload);
     let timeout = cluster.settings.catchup_timeout * 2;
     let answer = match ask(cluster, subject, headers, payload, id, timeout).await {
         Asked::Answer(a) => a,
@@ -186,10 +185,9 @@ async fn ask(
         if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
             return Asked::NoOne;
         }
-        let signed = reply.headers.as_ref().and_then(|h| h.get(SIGNATURE));
         let trusted = cluster
             .verifier
-            .verify(SIGNED_AS, &reply.payload, signed.map(|v| v.as_str()))
+            .verify(SIGNED_AS, &reply.payload, signature_of(&reply))
             .is_ok();
         match serde_json::from_slice::<Answer>(&reply.payload) {
             Ok(a) if trusted && a.id == id => return Asked::Answer(a),
@@ -251,8 +249,7 @@ pub async fn serve(cluster: Arc<Cluster>, rounds: Arc<Rounds>) {
                 return;
             };
             let (_, signer, _) = cluster.bus.jetstream();
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(SIGNATURE, signer.sign(SIGNED_AS, &payload).as_str());
+            let headers = signer.headers(SIGNED_AS, &payload);
             if let Err(e) = cluster
                 .bus
                 .client()
@@ -326,14 +323,9 @@ fn admit(
     seen: &parking_lot::Mutex<Seen>,
     msg: &async_nats::Message,
 ) -> Admitted {
-    let signed = msg.headers.as_ref().and_then(|h| h.get(SIGNATURE));
     if cluster
         .verifier
-        .verify(
-            msg.subject.as_str(),
-            &msg.payload,
-            signed.map(|v| v.as_str()),
-        )
+        .verify(msg.subject.as_str(), &msg.payload, signature_of(msg))
         .is_err()
     {
         return Admitted::Refuse("not signed by a trusted node");

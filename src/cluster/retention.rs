@@ -28,7 +28,6 @@ const EVERY: Duration = Duration::from_secs(5);
 /// Purges the stream's usage below the local log's compaction point whenever that moves.
 /// Runs until aborted. Every node does it; a purge is idempotent.
 pub async fn purge_periodically(cluster: Arc<Cluster>, log: Arc<SledLog>) {
-    let mut purged_below = 1u64;
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
@@ -39,12 +38,11 @@ pub async fn purge_periodically(cluster: Arc<Cluster>, log: Arc<SledLog>) {
                 continue;
             }
         };
-        if below <= purged_below {
+        if below <= cluster.purged_here.load(Ordering::Relaxed).max(1) {
             continue;
         }
         match cluster.bus.purge_usage(below).await {
             Ok(purged) => {
-                purged_below = below;
                 cluster.purged_here.store(below, Ordering::Relaxed);
                 cluster.purged(below);
                 cluster.usage_purged.fetch_add(purged, Ordering::Relaxed);
