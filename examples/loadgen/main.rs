@@ -5,6 +5,7 @@
 //! loadgen churn --admin TOKEN [--secs 10] [--conns 16] URL...   # issue + revoke throughput
 //! loadgen flood [--from 127.0.0.2] [--rate 10000] [--secs 10] [--conns 16] URL   # garbage
 //! loadgen users --admin TOKEN [--n 300] [--conns 16] URL...   # N users, a token each
+//! loadgen failover --admin TOKEN [--secs 10] [--conns 16] [--limit 3000] [--rate 200] URL...
 //! ```
 //!
 //! `propagation`: for each of N tokens, issue it on one node, use it on every node, revoke it
@@ -22,7 +23,13 @@
 //! `users`: creates N users with one token each, CONNS at a time spread over the nodes, and
 //! prints the tokens, one per line (for `bench/cluster`'s many-users run with wrk).
 //!
+//! `failover`: churn that goes on through a fault and checks that nothing acknowledged was
+//! lost, with a user on the starter tier (its limit is `--limit`) checked `--rate` times a
+//! second on each node (see `failover.rs`).
+//!
 //! The users are created on the business tier; give it a large limit in the nodes' config.
+
+mod failover;
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -36,6 +43,8 @@ struct Args {
     conns: usize,
     from: String,
     rate: f64,
+    /// `failover`: the limited user's plan limit (what the nodes' config gives starter).
+    limit: u64,
     urls: Vec<String>,
 }
 
@@ -52,6 +61,7 @@ fn parse() -> Result<Args, String> {
         conns: 16,
         from: "127.0.0.2".into(),
         rate: 10_000.0,
+        limit: 3000,
         urls: vec![],
     };
     while let Some(arg) = it.next() {
@@ -63,6 +73,7 @@ fn parse() -> Result<Args, String> {
             "--conns" => a.conns = value()?.parse().map_err(|e| format!("--conns: {e}"))?,
             "--from" => a.from = value()?,
             "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--limit" => a.limit = value()?.parse().map_err(|e| format!("--limit: {e}"))?,
             url => a.urls.push(url.trim_end_matches('/').to_owned()),
         }
     }
@@ -90,10 +101,20 @@ fn print_latency(label: &str, sorted: &[Duration]) {
 }
 
 async fn create_user(client: &Client, url: &str, admin: &str, email: &str) -> Result<u64, String> {
+    create_user_on(client, url, admin, email, "business").await
+}
+
+async fn create_user_on(
+    client: &Client,
+    url: &str,
+    admin: &str,
+    email: &str,
+    tier: &str,
+) -> Result<u64, String> {
     let r = client
         .post(format!("{url}/admin/users"))
         .bearer_auth(admin)
-        .json(&json!({"email": email, "name": "Load", "password": "load generator password 7f3k9q", "tier": "business"}))
+        .json(&json!({"email": email, "name": "Load", "password": "load generator password 7f3k9q", "tier": tier}))
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -364,6 +385,7 @@ async fn main() {
         Ok(a) if a.mode == "churn" => churn(&a).await,
         Ok(a) if a.mode == "flood" => flood(&a).await,
         Ok(a) if a.mode == "users" => users(&a).await,
+        Ok(a) if a.mode == "failover" => failover::failover(&a).await,
         Ok(a) => Err(format!("unknown mode {}", a.mode)),
         Err(e) => Err(e),
     };
