@@ -14,7 +14,7 @@
 //! process exits 1 otherwise. It prints throughput, failures and when they happened, and
 //! acknowledged commands per second, so the gap the fault left shows.
 
-use crate::{check, create_user_on, issue, print_latency, Args};
+use crate::{check, create_user_on, issue, print_latency, send_revoke, Args};
 use reqwest::{Client, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,22 +43,6 @@ struct Checker {
     admitted: u64,
     refused: u64,
     other: u64,
-}
-
-/// The answer to `DELETE /admin/tokens/{id}`: its status, or why there was none.
-async fn revoke_status(
-    client: &Client,
-    url: &str,
-    admin: &str,
-    id: &str,
-) -> Result<StatusCode, String> {
-    client
-        .delete(format!("{url}/admin/tokens/{id}"))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .map(|r| r.status())
-        .map_err(|e| e.to_string())
 }
 
 /// Waits until `url` says it is ready (caught up with the stream), for at most a minute.
@@ -124,7 +108,10 @@ async fn work(
         }
         let t = Instant::now();
         loop {
-            match revoke_status(&client, &url, &admin, &id).await {
+            match send_revoke(&client, &url, &admin, &id)
+                .await
+                .map(|r| r.status())
+            {
                 Ok(StatusCode::OK) | Ok(StatusCode::CONFLICT) => {
                     w.revokes.push(t.elapsed());
                     w.acked_at.push(started.elapsed().as_secs_f64());

@@ -142,13 +142,23 @@ async fn issue(
     }
 }
 
-async fn revoke(client: &Client, url: &str, admin: &str, id: &str) -> Result<Value, String> {
-    let r = client
+/// `DELETE /admin/tokens/{id}`: the answer, or why there was none.
+async fn send_revoke(
+    client: &Client,
+    url: &str,
+    admin: &str,
+    id: &str,
+) -> Result<reqwest::Response, String> {
+    client
         .delete(format!("{url}/admin/tokens/{id}"))
         .bearer_auth(admin)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+async fn revoke(client: &Client, url: &str, admin: &str, id: &str) -> Result<Value, String> {
+    let r = send_revoke(client, url, admin, id).await?;
     let status = r.status();
     let v: Value = r.json().await.map_err(|e| e.to_string())?;
     if status != StatusCode::OK {
