@@ -216,10 +216,17 @@ impl JetStreamBus {
                 acks.push((ack, env));
             }
         }
+        // All acks are awaited at once: each waits up to the context's timeout from when it
+        // is first polled, so reading them one after another would wait that long for each
+        // lost one (a burst sent to a stream leader that died is a second per message).
+        let results = futures_util::future::join_all(
+            acks.into_iter()
+                .map(|(ack, env)| async move { (ack.await, env) }),
+        )
+        .await;
         // The highest sequence a message of this burst took after the first refused one.
         let mut void_through = None;
-        for (ack, env) in acks {
-            let result = ack.await;
+        for (result, env) in results {
             if failure.is_some() {
                 if let Ok(ack) = result {
                     void_through = Some(ack.sequence);

@@ -666,3 +666,49 @@ async fn a_node_refuses_a_recreated_stream_and_an_embedded_data_directory() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds a log written in cluster mode"), "{err}");
 }
+
+/// A burst whose acks never come (a stream leader that died with them, as in the R3
+/// failover of `bench/cluster`) fails in about one ack timeout (1 s), not one per message:
+/// the writer's round, and every command waiting on it, is held up that long at most. It was
+/// a second per message, and a leader's clients waited up to 19 s after a failover.
+#[tokio::test]
+async fn a_burst_whose_acks_are_lost_fails_in_one_ack_timeout_not_one_per_message() {
+    use snaptrack_auth::bus::{JetStreamBus, PublishFailure, SUBJECTS};
+    use snaptrack_auth::event::{Envelope, Event, UsageClaimed};
+    let nats = crate::nats::NatsServer::start();
+    // Something takes every message and never answers.
+    let sink = async_nats::connect(nats.url()).await.unwrap();
+    let mut swallowed = sink.subscribe(SUBJECTS).await.unwrap();
+    sink.flush().await.unwrap();
+    let signer = Arc::new(snaptrack_auth::signing::Signer::generate());
+    let bus = JetStreamBus::connect(&nats.url(), "a", 1, &Default::default(), signer)
+        .await
+        .unwrap();
+    bus.client().flush().await.unwrap();
+    const BURST: u64 = 20;
+    let envs: Vec<Envelope> = (1..=BURST)
+        .map(|seq| Envelope {
+            event_id: uuid::Uuid::new_v4(),
+            seq,
+            occurred_at: chrono::Utc::now(),
+            node_id: "a".into(),
+            event: Event::UsageClaimed(UsageClaimed { claims: vec![] }),
+        })
+        .collect();
+    let started = Instant::now();
+    let (landed, failure) = bus.publish(&envs, false).await;
+    let took = started.elapsed();
+    assert_eq!(landed, 0);
+    assert!(
+        matches!(failure, Some(PublishFailure::Unavailable(_))),
+        "{failure:?}"
+    );
+    // Every message went out; none was answered.
+    for _ in 0..BURST {
+        swallowed.next().await.unwrap();
+    }
+    assert!(
+        took < Duration::from_secs(BURST / 2),
+        "{took:?} for {BURST} lost acks of 1 s each: read one after another"
+    );
+}
