@@ -104,7 +104,7 @@ pub async fn forward(
     let timeout = cluster.settings.catchup_timeout * 2;
     let answer = match ask(cluster, subject, headers, payload, id, timeout).await {
         Asked::Answer(a) => a,
-        Asked::NoOne => return Forwarded::NotTaken,
+        Asked::NoOne => return not_taken(cluster),
         Asked::Silence(why) => {
             // Sent, and no answer: it may have run. The next commands are written here
             // until it is clear whether the leader is gone.
@@ -115,7 +115,7 @@ pub async fn forward(
         }
     };
     let raws = match answer.outcome {
-        Outcome::Declined => return Forwarded::NotTaken,
+        Outcome::Declined => return not_taken(cluster),
         Outcome::Failed(e) => return Forwarded::Ran(Err(e)),
         Outcome::Done(raws) => raws,
     };
@@ -141,6 +141,12 @@ pub async fn forward(
         }
     }
     Forwarded::Ran(Ok(envs))
+}
+
+/// The leader did not take the command: counted, and run here.
+fn not_taken(cluster: &Cluster) -> Forwarded {
+    cluster.forward_not_taken.fetch_add(1, Ordering::Relaxed);
+    Forwarded::NotTaken
 }
 
 enum Asked {

@@ -101,6 +101,9 @@ pub struct Cluster {
     pub forwarded: AtomicU64,
     /// Forwarded commands (or answers) refused: unsigned, replayed, not for this request.
     pub forward_rejected: AtomicU64,
+    /// Commands the leader did not take (no one listened on its subject, or it declined),
+    /// so this node ran them itself.
+    pub forward_not_taken: AtomicU64,
     /// A leader that did not answer, and until when this node writes itself instead. A std
     /// mutex: held for a comparison or an assignment.
     suspect: parking_lot::Mutex<Option<(String, Instant)>>,
@@ -181,6 +184,7 @@ impl Cluster {
             purged_below: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             forward_rejected: AtomicU64::new(0),
+            forward_not_taken: AtomicU64::new(0),
             suspect: parking_lot::Mutex::new(None),
             presence_rejected: AtomicU64::new(0),
             announce_wanted: tokio::sync::Notify::new(),

@@ -130,6 +130,11 @@ pub async fn metrics(req: actix_web::HttpRequest, app: web::Data<AppState>) -> H
                 c.forwarded.load(Ordering::Relaxed) as f64,
             ),
             (
+                "snaptrack_forward_not_taken_total",
+                "Commands the cluster's writer did not take (no one listened on its subject: it stopped; or it declined: not caught up), run by this node itself.",
+                c.forward_not_taken.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "snaptrack_forward_rejected_total",
                 "Forwarded commands refused (unsigned, from an untrusted key, replayed, stale) and answers not signed for their request.",
                 c.forward_rejected.load(Ordering::Relaxed) as f64,

@@ -3,7 +3,7 @@
 //! a request no trusted node signed, or one recorded and sent again, changes nothing.
 
 use crate::helpers::{body, metric};
-use crate::nats::spawn_cluster;
+use crate::nats::{spawn_cluster, spawn_cluster_unrecorded, CLUSTER_CONFIG};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -146,7 +146,8 @@ async fn commands_on_any_node_are_written_by_the_leader_and_forged_or_replayed_o
 
     // The leader gone: b writes itself. (NATS would answer "no responders" at once, but
     // the test's recorder listens on every subject: b waits for an answer in vain once, says
-    // so, and writes itself from then on.)
+    // so, and writes itself from then on; `a_leader_no_one_listens_for_is_passed_over_at_once`
+    // runs without the recorder.)
     c.nodes[0].kill().await;
     let r = c.nodes[1]
         .post_token(user, &json!({"name": "after the leader"}))
@@ -161,6 +162,69 @@ async fn commands_on_any_node_are_written_by_the_leader_and_forged_or_replayed_o
     for n in &c.nodes[1..] {
         assert_eq!(
             n.get_test(&second).await.status(),
+            StatusCode::OK,
+            "{}",
+            n.url
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_leader_no_one_listens_for_is_passed_over_at_once() {
+    // Presence keeps a for 30 s after its last word, so b still takes a for the leader when
+    // it forwards: only NATS's "no responders" can tell it a is gone.
+    let config = CLUSTER_CONFIG.replace("max_staleness_ms = 2500", "max_staleness_ms = 30000");
+    let mut c = spawn_cluster_unrecorded(&config).await;
+    let user = c.nodes[1].create_user("nat@example.com", "pro").await;
+    assert_eq!(
+        metric(&c.nodes[1], "snaptrack_forward_not_taken_total").await,
+        0.0
+    );
+    let forwarded = metric(&c.nodes[1], "snaptrack_commands_forwarded_total").await;
+    assert!(forwarded >= 1.0, "b forwarded its command to a");
+
+    c.nodes[0].kill().await;
+    // Synchronise on NATS having dropped a's subscription: a request to a's subject gets
+    // "no responders".
+    let client = async_nats::connect(c.nats.url()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = async_nats::Request::new()
+            .payload("{}".into())
+            .timeout(Some(Duration::from_millis(200)));
+        let r = client
+            .send_request("snaptrack.auth.nodes.a.commands", request)
+            .await;
+        match r {
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => break,
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a's subscription stayed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    // b forwards to a, hears at once that no one listens, and writes itself: no 503.
+    let r = c.nodes[1]
+        .post_token(user, &json!({"name": "no one listens"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let token = body(r).await["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        metric(&c.nodes[1], "snaptrack_forward_not_taken_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&c.nodes[1], "snaptrack_commands_forwarded_total").await,
+        forwarded,
+        "no answer came from a"
+    );
+    for n in &c.nodes[1..] {
+        assert_eq!(
+            n.get_test(&token).await.status(),
             StatusCode::OK,
             "{}",
             n.url

@@ -332,18 +332,32 @@ pub async fn spawn_cluster() -> TestCluster {
 }
 
 pub async fn spawn_cluster_with(config: &str) -> TestCluster {
+    spawn_cluster_recorded(config, true).await
+}
+
+/// A cluster with no recorder listening on every subject: NATS then answers "no responders"
+/// to a request on a subject no node takes (a recorder counts as a responder).
+pub async fn spawn_cluster_unrecorded(config: &str) -> TestCluster {
+    spawn_cluster_recorded(config, false).await
+}
+
+async fn spawn_cluster_recorded(config: &str, record: bool) -> TestCluster {
     let nats = NatsServer::start();
     let said = Arc::new(Mutex::new(Vec::new()));
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut all = client.subscribe(">").await.unwrap();
-    client.flush().await.unwrap();
-    let sink = said.clone();
-    let recorder = tokio::spawn(async move {
-        let _client = client;
-        while let Some(m) = all.next().await {
-            sink.lock().unwrap().push(m.payload.to_vec());
-        }
-    });
+    let recorder = if record {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut all = client.subscribe(">").await.unwrap();
+        client.flush().await.unwrap();
+        let sink = said.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            while let Some(m) = all.next().await {
+                sink.lock().unwrap().push(m.payload.to_vec());
+            }
+        })
+    } else {
+        tokio::spawn(async {})
+    };
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
         nodes.push(spawn_node(&nats, id, config).await);
