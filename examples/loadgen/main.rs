@@ -290,6 +290,7 @@ async fn churn(a: &Args) -> Result<(), String> {
     revokes.sort();
     println!("nodes                       {}", a.urls.len());
     println!("workers                     {}", a.conns);
+    println!("issues                      {}", issues.len());
     println!(
         "issues/s                    {:.0}",
         issues.len() as f64 / elapsed
