@@ -137,17 +137,25 @@ async fn nats_killed_while_claims_are_outstanding_admits_no_more_than_the_limit(
             .iter()
             .flat_map(|n| (0..2).map(move |_| until_used_up(n, token_ref, pace, until))),
     );
+    // NATS stays away until every node is stale (its readiness says so, and it refuses
+    // the token with a 503 rather than guess), however slow a loaded machine makes that.
     let outage = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         nats.kill();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in nodes {
+            while n.get("/readyz").await.status() == StatusCode::OK {
+                assert!(Instant::now() < deadline, "{} never went stale", n.url);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let r = n.get_test(token_ref).await;
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", n.url);
+        }
         nats.run();
     };
     let (tallies, ()) = tokio::join!(hammers, outage);
     let mut admitted: HashMap<String, usize> = HashMap::new();
-    let mut unavailable = 0;
     for t in &tallies {
-        unavailable += t.unavailable;
         assert!(
             t.exhausted.is_some(),
             "a node never found the window used up"
@@ -156,7 +164,6 @@ async fn nats_killed_while_claims_are_outstanding_admits_no_more_than_the_limit(
             *admitted.entry(reset.clone()).or_default() += n;
         }
     }
-    assert!(unavailable > 0, "the outage was not seen");
     for (reset, n) in &admitted {
         assert!(*n <= LIMIT, "{n} admitted in the window to {reset}");
     }

@@ -692,7 +692,6 @@ pub struct Tally {
     pub admitted: std::collections::HashMap<String, usize>,
     /// The window this node found used up (a 429 with a Retry-After beyond the next sync).
     pub exhausted: Option<String>,
-    pub unavailable: usize,
 }
 
 /// Sends requests with `token` to `node`, `pace` apart, until the node says the window (not
@@ -711,7 +710,6 @@ pub async fn until_used_up(
         let r = node.get_test(token).await;
         if r.status() == StatusCode::SERVICE_UNAVAILABLE {
             // Too stale to decide for a moment, or the stream is down: not admitted.
-            t.unavailable += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
