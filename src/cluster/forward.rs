@@ -132,6 +132,7 @@ pub async fn forward(
     }
     cluster.forwarded.fetch_add(1, Ordering::Relaxed);
     if let Some(last) = envs.last() {
+        cluster.appended.fetch_max(last.seq, Ordering::Relaxed);
         if !cluster
             .wait_applied(last.seq, cluster.settings.catchup_timeout)
             .await

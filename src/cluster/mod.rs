@@ -79,6 +79,11 @@ pub struct Cluster {
     halted: AtomicBool,
     /// The stream's last sequence at the last query (for the replication-lag metric).
     pub stream_last: AtomicU64,
+    /// The last sequence this node knows the stream acknowledged for a command it wrote or
+    /// forwarded. Commands are validated only against a state that includes it: a revoke
+    /// must not be refused for a token whose issue was acknowledged but not applied here
+    /// yet (a slow replicator after a failover).
+    pub appended: AtomicU64,
     catchup: CatchUpQuery,
     /// The keys whose messages are applied: this node's and `[cluster] trusted_keys`.
     pub verifier: Verifier,
@@ -164,6 +169,7 @@ impl Cluster {
             fresh_ms: AtomicU64::new(0),
             halted: AtomicBool::new(false),
             stream_last: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
             catchup: CatchUpQuery {
                 st: parking_lot::Mutex::new(QueryState {
                     issued: 0,

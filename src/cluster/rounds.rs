@@ -247,6 +247,21 @@ impl Rounds {
                 };
                 return self.fail(commands, usage, e);
             }
+            // Validate against a state with everything this node knows was appended: a
+            // command answered before it was applied here (its wait timed out) must not be
+            // missing when the next one is decided.
+            let appended = self.cluster.appended.load(Ordering::Relaxed);
+            if self.state.applied_seq() < appended {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !self.cluster.wait_applied(appended, left).await {
+                    let e = || {
+                        WriteError::Unavailable(format!(
+                            "not caught up in time to seq {appended}, which this node appended"
+                        ))
+                    };
+                    return self.fail(commands, usage, e);
+                }
+            }
             let base = self.state.applied_seq();
             let (batch, mut later) = self.validate(commands);
             let mut envs: Vec<Envelope> = Vec::new();
@@ -300,6 +315,11 @@ impl Rounds {
                 Ordering::Relaxed,
             );
             self.published.fetch_add(landed as u64, Ordering::Relaxed);
+            if landed > 0 {
+                self.cluster
+                    .appended
+                    .fetch_max(envs[landed - 1].seq, Ordering::Relaxed);
+            }
             // Settle what landed: whole commands are answered once applied here; the rest
             // of a command cut short is published next, unvalidated.
             let mut at = 0;
