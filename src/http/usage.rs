@@ -43,8 +43,8 @@ pub async fn token_usage(
     }
     let now = Utc::now().timestamp();
     let from = now - days * 86_400;
-    let rollups = app.rollups.clone();
-    let rows = web::block(move || rollups.hours_of(user, from, now + 3600))
+    let (rollups, log) = (app.rollups.clone(), app.log.clone());
+    let rows = web::block(move || rollups.hours_with_log(&log, user, from, now + 3600))
         .await
         .map_err(|_| ApiError::new(Code::Internal))?
         .map_err(|e| {
@@ -55,8 +55,8 @@ pub async fn token_usage(
     for r in rows.iter().filter(|r| r.token_id == id) {
         *hours.entry(r.hour).or_default() += r.requests;
     }
-    // Rolled up only as far as the log holds records: add what is not recorded yet. (A
-    // record written since the roll-ups' last round, every 2 s, is in neither meanwhile.)
+    // The roll-ups and the log's records past them hold the ended periods: add what is not
+    // recorded yet.
     for (token, requests, at) in app.state.rate_limits.unrecorded(user) {
         if token == id && at >= from {
             *hours.entry(at - at.rem_euclid(3600)).or_default() += u64::from(requests);
