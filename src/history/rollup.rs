@@ -29,6 +29,10 @@ const BY_HOUR: &str = "usage_hourly_by_hour";
 const THROUGH: &[u8] = b"\xFF\xFFthrough";
 /// Records read per round (bounds the memory of a first roll-up over a long history).
 const ROUND: usize = 100_000;
+/// Log positions past the roll-ups that a chart reads at most. Further behind, the roll-ups
+/// are still catching up (a first start over a long history): the chart shows what they
+/// hold so far rather than scan the log on every request.
+const TAIL: u64 = 10_000;
 
 /// One hour of one token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +222,7 @@ impl UsageRollups {
     /// As [`UsageRollups::hours_of`], with the records the log holds past the roll-ups added
     /// (those written since the last round, every 2 s, which would otherwise be in neither
     /// for a moment). The rows and `through` are read again if a round lands meanwhile, so
-    /// nothing counts twice.
+    /// nothing counts twice. More than [`TAIL`] positions behind, only the rows.
     pub fn hours_with_log(
         &self,
         log: &SledLog,
@@ -235,6 +239,9 @@ impl UsageRollups {
                 break (through, out);
             }
         };
+        if log.last_seq().saturating_sub(through) > TAIL {
+            return Ok(out);
+        }
         for env in log.iter_from(through + 1) {
             if let Event::UsageRecorded(u) = env?.event {
                 if u.user_id != user {
@@ -242,9 +249,11 @@ impl UsageRollups {
                 }
                 for t in &u.tokens {
                     let at = t.last_used_at.timestamp();
-                    if at >= first_hour && at < to {
+                    let hour = at - at.rem_euclid(3600);
+                    // The hours `hours_of` reads: from `from`'s hour, before `to`.
+                    if hour >= first_hour && hour < to {
                         out.push(HourOfUse {
-                            hour: at - at.rem_euclid(3600),
+                            hour,
                             token_id: t.token_id,
                             requests: u64::from(t.requests),
                             last_used_at: at,
@@ -365,5 +374,26 @@ mod tests {
             sum(r.hours_with_log(&log, UserId(1), h, h + 3600).unwrap()),
             5
         );
+    }
+
+    #[test]
+    fn a_chart_far_behind_the_log_reads_the_roll_ups_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path()).unwrap();
+        let t = TokenId::new();
+        let h = 3_000 * 3600;
+        let records = (0..=TAIL).map(|i| record(1, t, h + (i % 3600) as i64, 1));
+        log.append(records.collect(), "n1", chrono::Utc::now())
+            .unwrap();
+        log.flush_blocking().unwrap();
+        let r = UsageRollups::open(&log).unwrap();
+        // Not rolled up yet, TAIL + 1 positions behind: no scan of the log per chart.
+        assert!(r
+            .hours_with_log(&log, UserId(1), h, h + 3600)
+            .unwrap()
+            .is_empty());
+        r.catch_up(&log, log.last_seq()).unwrap();
+        let rows = r.hours_with_log(&log, UserId(1), h, h + 3600).unwrap();
+        assert_eq!(rows.iter().map(|x| x.requests).sum::<u64>(), TAIL + 1);
     }
 }
